@@ -1,0 +1,157 @@
+"""Experiment registry: name -> problem, run function, claims and figures.
+
+A *problem* (``linrep``, ``single_index``, ``mlp``) declares the settings it understands (a
+frozen pydantic model) and the methods it implements (each with a pydantic model of its
+hyperparameters). An *experiment* belongs to one problem and declares
+
+- ``run``: one :class:`RunTask` (one grid point, one method group, one seed group) -> tidy rows
+  (a ``pandas.DataFrame`` with at least the columns ``seed`` and ``method``);
+- ``claims``: functions from the experiment's stored table to a :class:`Verdict`;
+- ``figures``: functions from the stored table to matplotlib figures.
+
+Configs (``configs/NAME.yaml``) are validated against the problem's models before anything
+runs, so a misspelt field or an impossible value never reaches a run function.
+
+Problems register themselves when their ``experiments`` module is imported; the modules are
+listed in :data:`EXPERIMENT_MODULES` and imported lazily by :func:`load_all`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel
+
+#: Modules whose import registers problems and experiments.
+EXPERIMENT_MODULES: tuple[str, ...] = (
+    "layerwise.experiments.mlp",
+    "layerwise.problems.linrep.experiments",
+    "layerwise.problems.single_index.experiments",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """The decision on one claim: ``holds`` is True, False or None (undecided).
+
+    ``evidence`` holds the numbers the decision was made on (JSON-serializable scalars, lists
+    or small dicts); ``summary`` is one human sentence with those numbers.
+    """
+
+    holds: bool | None
+    evidence: Mapping[str, Any]
+    summary: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """A claim of SPEC.md §5, decided from one experiment's stored table."""
+
+    id: str
+    statement: str
+    decide: Callable[[pd.DataFrame], Verdict]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunTask:
+    """One unit of work: a resolved grid point, the methods to run, the seeds.
+
+    ``settings`` is the validated problem-settings model for this grid point (fixed settings
+    merged with this point's grid values); ``methods`` maps method name -> validated
+    hyperparameter model; ``seeds`` are run together (paired: every method sees the same
+    instance, initialization and data stream for a given seed).
+    """
+
+    experiment: str
+    settings: BaseModel
+    methods: Mapping[str, BaseModel]
+    seeds: tuple[int, ...]
+    device: str = "cpu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """A problem family: its settings model and its methods' hyperparameter models."""
+
+    name: str
+    settings_model: type[BaseModel]
+    method_models: Mapping[str, type[BaseModel]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Experiment:
+    """A registered experiment.
+
+    ``seeds_per_run``: how many seeds one :class:`RunTask` carries (problems vectorized over
+    seeds use more than one). ``split_methods``: if True each method is its own run; if False
+    one run carries all methods of the config (so they can share data and initialization).
+    ``figures`` maps a figure name to a function ``(table, out_dir) -> matplotlib Figure``.
+    """
+
+    name: str
+    problem: str
+    description: str
+    run: Callable[[RunTask], pd.DataFrame]
+    claims: tuple[Claim, ...] = ()
+    figures: Mapping[str, Callable[[pd.DataFrame], Any]] = field(default_factory=dict)
+    seeds_per_run: int = 1
+    split_methods: bool = True
+
+
+_PROBLEMS: dict[str, Problem] = {}
+_EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register_problem(problem: Problem) -> Problem:
+    if problem.name in _PROBLEMS and _PROBLEMS[problem.name] is not problem:
+        raise ValueError(f"problem {problem.name!r} is already registered")
+    _PROBLEMS[problem.name] = problem
+    return problem
+
+
+def register_experiment(experiment: Experiment) -> Experiment:
+    if experiment.name in _EXPERIMENTS and _EXPERIMENTS[experiment.name] is not experiment:
+        raise ValueError(f"experiment {experiment.name!r} is already registered")
+    if experiment.problem not in _PROBLEMS:
+        raise ValueError(
+            f"experiment {experiment.name!r} names unknown problem {experiment.problem!r}"
+        )
+    _EXPERIMENTS[experiment.name] = experiment
+    return experiment
+
+
+def load_all() -> None:
+    """Import every module of :data:`EXPERIMENT_MODULES` (each registers its experiments)."""
+    for module in EXPERIMENT_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            # A problem package that does not exist yet is simply absent from the registry;
+            # any other missing import is a real error.
+            if error.name is None or not module.startswith(error.name):
+                raise
+
+
+def problem(name: str) -> Problem:
+    load_all()
+    try:
+        return _PROBLEMS[name]
+    except KeyError:
+        raise KeyError(f"unknown problem {name!r}; known: {sorted(_PROBLEMS)}") from None
+
+
+def experiment(name: str) -> Experiment:
+    load_all()
+    try:
+        return _EXPERIMENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown experiment {name!r}; known: {sorted(_EXPERIMENTS)}") from None
+
+
+def experiments() -> dict[str, Experiment]:
+    load_all()
+    return dict(_EXPERIMENTS)
