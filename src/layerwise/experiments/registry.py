@@ -57,18 +57,31 @@ class Claim:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MethodSpec:
+    """A method of a config: the registered algorithm ``name`` and its validated ``params``.
+
+    In a config, ``methods`` maps a *label* (what tables and figures show, e.g. ``kfac_half``)
+    to the hyperparameters; the optional key ``method`` names the algorithm (default: the
+    label), so one algorithm can appear under several labels.
+    """
+
+    name: str
+    params: BaseModel
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunTask:
     """One unit of work: a resolved grid point, the methods to run, the seeds.
 
     ``settings`` is the validated problem-settings model for this grid point (fixed settings
-    merged with this point's grid values); ``methods`` maps method name -> validated
-    hyperparameter model; ``seeds`` are run together (paired: every method sees the same
+    merged with this point's grid values); ``methods`` maps method label -> :class:`MethodSpec`;
+    ``seeds`` are run together (paired: every method sees the same
     instance, initialization and data stream for a given seed).
     """
 
     experiment: str
     settings: BaseModel
-    methods: Mapping[str, BaseModel]
+    methods: Mapping[str, MethodSpec]
     seeds: tuple[int, ...]
     device: str = "cpu"
 
