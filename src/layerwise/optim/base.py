@@ -1,0 +1,326 @@
+r"""The ``torch.optim`` shell shared by every layer-wise optimizer of the package.
+
+One step for a block (a parameter viewed as a matrix, or for KFAC a weight with its bias):
+
+1. first moment (all methods): :math:`M \leftarrow \beta_1 M + (1 - \beta_1) G`, bias-corrected
+   :math:`\hat M = M / (1 - \beta_1^t)`; with ``nesterov`` the direction fed on is
+   :math:`\beta_1 \hat M + (1 - \beta_1) G` (Muon's Nesterov momentum). ``beta1 = 0`` feeds the
+   raw gradient.
+2. every ``statistics_every`` steps the block's statistics get their increments (gradients for
+   Shampoo / SOAP; activations and output gradients for KFAC); every ``refresh_every`` steps
+   (steps 1, k + 1, 2k + 1, ...) the preconditioners are recomputed
+   (:mod:`layerwise.optim.kronecker`);
+3. the direction is preconditioned and post-processed (grafting, Muon's scale);
+4. optional heavy-ball momentum on the direction: :math:`B \leftarrow \mu B + D`, and
+   :math:`D \leftarrow B` (or :math:`D + \mu B` with ``nesterov``) — for KFAC and Shampoo;
+5. decoupled weight decay and the step: :math:`W \leftarrow (1 - \eta\lambda) W - \eta D`.
+
+Parameters that are not matrices. 0-D and 1-D tensors (biases, norm scales) take the **Adam
+path**: :math:`D = \hat M / (\sqrt{V / (1 - \beta_2^t)} + \epsilon)`, exactly AdamW with the
+group's betas, ``eps`` and weight decay, at learning rate ``adam_lr`` (default: the group's
+``lr``). Tensors with more than two dimensions are viewed as matrices of shape
+``(shape[0], prod(shape[1:]))`` (output channels x everything else, e.g. a conv kernel).
+
+Robustness. Before anything changes, all gradients of the step are checked together (one
+synchronization): if any is non-finite the whole step is skipped, a ``RuntimeWarning`` is
+issued and ``skipped_steps`` in each parameter's state is incremented. Preconditioner failures
+keep the previous preconditioner (:func:`layerwise.optim.kronecker.refresh`). The final
+directions are checked again before they are written, so no NaN reaches a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from layerwise.optim import kronecker
+from layerwise.optim.kronecker import KroneckerConfig
+
+# State keys of the shell.
+STEP = "step"
+EXP_AVG = "exp_avg"
+EXP_AVG_SQ = "exp_avg_sq"
+MOMENTUM_BUFFER = "momentum_buffer"
+SKIPPED_STEPS = "skipped_steps"
+
+
+@dataclass(frozen=True)
+class Block:
+    """Parameters preconditioned together as one ``(m, n)`` matrix (state lives on the first).
+
+    ``kronecker=False`` sends the block down the Adam path (each tensor entry-wise).
+    """
+
+    params: tuple[torch.nn.Parameter, ...]
+    kronecker: bool
+
+    @property
+    def key(self) -> torch.nn.Parameter:
+        return self.params[0]
+
+    def matrix(self, tensors: Sequence[Tensor]) -> Tensor:
+        """View (and for a weight + bias pair, concatenate) the block's tensors as a matrix."""
+        first = tensors[0].reshape(tensors[0].shape[0], -1) if tensors[0].ndim else tensors[0]
+        if len(tensors) == 1:
+            return first
+        return torch.cat([first, *(t.reshape(first.shape[0], -1) for t in tensors[1:])], dim=1)
+
+    def split(self, matrix: Tensor) -> list[Tensor]:
+        """Inverse of :meth:`matrix`: the block's tensors from a matrix of its shape."""
+        if len(self.params) == 1:
+            return [matrix.reshape(self.params[0].shape)]
+        widths = [p.numel() // p.shape[0] for p in self.params]
+        pieces = torch.split(matrix, widths, dim=1)
+        return [piece.reshape(p.shape) for piece, p in zip(pieces, self.params, strict=True)]
+
+
+def adam_direction(
+    state: dict[str, Any], first_moment: Tensor, grad: Tensor, beta2: float, eps: float, step: int
+) -> Tensor:
+    r"""AdamW's direction :math:`\hat M / (\sqrt{V / (1 - \beta_2^t)} + \epsilon)`; updates ``V``.
+
+    ``first_moment`` is already bias-corrected. Shared by the Adam path, Shampoo's Adam
+    grafting and (through the identity basis) the SOAP-equals-Adam reduction.
+    """
+    exp_avg_sq = state.get(EXP_AVG_SQ)
+    if exp_avg_sq is None:
+        exp_avg_sq = state[EXP_AVG_SQ] = torch.zeros_like(grad)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    denominator = (exp_avg_sq / (1.0 - beta2**step)).sqrt_().add_(eps)
+    return first_moment / denominator
+
+
+def check_hyperparameters(**values: Any) -> None:
+    """Refuse impossible hyperparameters, naming the value (the torch.optim habit)."""
+    rules: dict[str, Callable[[Any], bool]] = {
+        "lr": lambda v: v >= 0,
+        "adam_lr": lambda v: v is None or v >= 0,
+        "eps": lambda v: v >= 0,
+        "weight_decay": lambda v: v >= 0,
+        "momentum": lambda v: 0 <= v < 1,
+        "refresh_every": lambda v: isinstance(v, int) and v >= 1,
+        "statistics_every": lambda v: isinstance(v, int) and v >= 1,
+    }
+    for name, value in values.items():
+        if name == "betas":
+            if not (len(value) == 2 and all(0.0 <= b < 1.0 for b in value)):
+                raise ValueError(f"Invalid betas: {value!r} (each must be in [0, 1))")
+        elif name in rules and not rules[name](value):
+            raise ValueError(f"Invalid {name}: {value!r}")
+
+
+class LayerwiseOptimizer(torch.optim.Optimizer):
+    """Base class: the torch.optim contract around :mod:`layerwise.optim.kronecker`.
+
+    Subclasses provide :meth:`kronecker_config` (the per-layer parts for a group) and may
+    override :meth:`blocks`, :meth:`statistics` and :meth:`postprocess`.
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        check_hyperparameters(**{k: v for k, v in defaults.items() if k in _CHECKED_DEFAULTS})
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            check_hyperparameters(**{k: v for k, v in group.items() if k in _CHECKED_DEFAULTS})
+
+    # -- hooks for subclasses --------------------------------------------------------------
+    #: Whether the first moment of Kronecker blocks is divided by 1 - beta1^t (Adam-style).
+    #: Muon's direction is scale-free after orthogonalization, and torch's Muon does not.
+    first_moment_bias_correction: bool = True
+
+    def first_moment_beta(self, group: dict[str, Any]) -> float:
+        """beta1 of the first moment fed to the preconditioner (Adam-path blocks always use
+        ``group["betas"][0]``)."""
+        return group["betas"][0]
+
+    def heavy_ball(self, group: dict[str, Any]) -> float:
+        """Momentum applied to the preconditioned direction (0: none)."""
+        return group.get("momentum", 0.0)
+
+    def kronecker_config(self, group: dict[str, Any]) -> KroneckerConfig:
+        raise NotImplementedError
+
+    def blocks(self, group: dict[str, Any]) -> list[Block]:
+        """One block per parameter with a gradient: matrices (after the >2-D reshape rule) go
+        to the Kronecker path, everything else to the Adam path."""
+        return [Block((p,), kronecker=p.ndim >= 2) for p in group["params"] if p.grad is not None]
+
+    def statistics(
+        self,
+        group: dict[str, Any],
+        block: Block,
+        config: KroneckerConfig,
+        grad: Tensor,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The statistic increments for ``block``; default: Shampoo's gradient products."""
+        return kronecker.gradient_statistics(config, grad)
+
+    def postprocess(
+        self,
+        group: dict[str, Any],
+        state: dict[str, Any],
+        direction: Tensor,
+        first_moment: Tensor,
+        grad: Tensor,
+    ) -> Tensor:
+        """Adjust the preconditioned direction (grafting, scaling); default: unchanged."""
+        return direction
+
+    # -- the step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [(group, self.blocks(group)) for group in self.param_groups]
+        grads = [p.grad for _, blocks in work for b in blocks for p in b.params]
+        if not grads:
+            return loss
+        if not _all_finite(grads):
+            self._skip(work, "non-finite gradient")
+            return loss
+
+        updates: list[tuple[dict[str, Any], Block, Tensor]] = []
+        for group, blocks in work:
+            config = self.kronecker_config(group) if any(b.kronecker for b in blocks) else None
+            for block in blocks:
+                updates.append((group, block, self._direction(group, block, config)))
+        if not _all_finite([direction for _, _, direction in updates]):
+            self._skip(work, "non-finite update")
+            return loss
+        for group, block, direction in updates:
+            lr = group["lr"] if block.kronecker else (group.get("adam_lr") or group["lr"])
+            for param, piece in zip(block.params, block.split(direction), strict=True):
+                if group["weight_decay"]:
+                    param.mul_(1.0 - lr * group["weight_decay"])
+                param.add_(piece, alpha=-lr)
+        return loss
+
+    def _direction(
+        self, group: dict[str, Any], block: Block, config: KroneckerConfig | None
+    ) -> Tensor:
+        state = self.state[block.key]
+        grad = block.matrix([p.grad for p in block.params])
+        if not state:
+            self._init_state(state, block, config, grad)
+        state[STEP] += 1
+        step = state[STEP]
+        beta1, beta2 = group["betas"]
+        momentum = self.heavy_ball(group)
+        if block.kronecker:
+            beta1 = self.first_moment_beta(group)
+        # Nesterov acts on the outer (heavy-ball) momentum when there is one, else on the first
+        # moment (Muon's form).
+        nesterov = group.get("nesterov", False)
+        first_moment = self._first_moment(
+            state,
+            grad,
+            beta1,
+            step,
+            kronecker=block.kronecker,
+            nesterov=nesterov and block.kronecker and not momentum,
+        )
+
+        if not block.kronecker:
+            direction = adam_direction(state, first_moment, grad, beta2, group["eps"], step)
+        else:
+            assert config is not None
+            if config.uses_statistics and (step - 1) % group["statistics_every"] == 0:
+                left, right = self.statistics(group, block, config, grad)
+                kronecker.accumulate(config, state, left, right)
+            if config.uses_statistics and (step - 1) % group["refresh_every"] == 0:
+                self.refresh(group, block, config, state)
+            direction = kronecker.apply(config, state, first_moment, grad=grad, step=step)
+            direction = self.postprocess(group, state, direction, first_moment, grad)
+
+        if momentum:
+            buffer = state.get(MOMENTUM_BUFFER)
+            if buffer is None:
+                buffer = state[MOMENTUM_BUFFER] = torch.zeros_like(direction)
+            buffer.mul_(momentum).add_(direction)
+            direction = direction + momentum * buffer if nesterov else buffer.clone()
+        return direction
+
+    def refresh(
+        self, group: dict[str, Any], block: Block, config: KroneckerConfig, state: dict[str, Any]
+    ) -> None:
+        kronecker.refresh(config, state)
+
+    def _first_moment(
+        self,
+        state: dict[str, Any],
+        grad: Tensor,
+        beta1: float,
+        step: int,
+        *,
+        kronecker: bool,
+        nesterov: bool,
+    ) -> Tensor:
+        if beta1 == 0.0:
+            return grad
+        exp_avg: Tensor = state[EXP_AVG]
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        bias_correction = not kronecker or self.first_moment_bias_correction
+        moment = exp_avg / (1.0 - beta1**step) if bias_correction else exp_avg.clone()
+        if nesterov:
+            return moment.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        return moment
+
+    def _init_state(
+        self,
+        state: dict[str, Any],
+        block: Block,
+        config: KroneckerConfig | None,
+        grad: Tensor,
+    ) -> None:
+        state[STEP] = 0
+        state[SKIPPED_STEPS] = 0
+        state[EXP_AVG] = torch.zeros_like(grad)
+        if block.kronecker and config is not None:
+            state.update(kronecker.init_state(config, tuple(grad.shape), grad))
+
+    def _skip(self, work: list[tuple[dict[str, Any], list[Block]]], reason: str) -> None:
+        warnings.warn(
+            f"{type(self).__name__}: step skipped ({reason})", RuntimeWarning, stacklevel=3
+        )
+        for _, blocks in work:
+            for block in blocks:
+                state = self.state[block.key]
+                state[SKIPPED_STEPS] = state.get(SKIPPED_STEPS, 0) + 1
+
+    def failure_counts(self) -> dict[str, int]:
+        """Totals over all blocks: failed preconditioner refreshes and skipped steps."""
+        totals = {kronecker.FAILED_REFRESHES: 0, SKIPPED_STEPS: 0}
+        for state in self.state.values():
+            for key in totals:
+                totals[key] += int(state.get(key, 0))
+        return totals
+
+
+_CHECKED_DEFAULTS = (
+    "lr",
+    "adam_lr",
+    "eps",
+    "weight_decay",
+    "momentum",
+    "betas",
+    "refresh_every",
+    "statistics_every",
+)
+
+
+def _all_finite(tensors: Sequence[Tensor]) -> bool:
+    """One synchronization for the whole list (not one per tensor)."""
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors])
+    return bool(flags.all())
+
+
+def rms_scale(shape: tuple[int, int]) -> float:
+    """Muon's shape scale √max(1, m/n) (Jordan et al.) for an ``(m, n)`` update."""
+    return math.sqrt(max(1.0, shape[0] / shape[1]))

@@ -1,0 +1,381 @@
+r"""One per-layer Kronecker preconditioner: statistics x accumulation x application.
+
+For a matrix parameter :math:`W \in \mathbb{R}^{m \times n}` every layer-wise method of the
+package keeps a *left* statistic :math:`L` (m x m) and a *right* statistic :math:`R` (n x n) and
+preconditions a direction :math:`X` (the gradient, or its momentum) as
+
+.. math::  X \mapsto \mathcal{P}_{L,R}(X).
+
+The methods differ in three independent choices, each a small frozen object here:
+
+=========  =================================  ======================  ==========================
+method     statistics (increments)            accumulation            application
+=========  =================================  ======================  ==========================
+Shampoo    :math:`GG^\top`, :math:`G^\top G`  sum or EMA              :class:`InverseRoot` (p=4)
+SOAP       :math:`GG^\top`, :math:`G^\top G`  EMA                     :class:`EigenbasisAdam`
+Muon       none                               none                    :class:`Orthogonalize`
+KFAC       :math:`E[gg^\top]`, :math:`E[aa^\top]`  EMA or latest batch  :class:`InverseRoot` (p=1)
+EKFAC      as KFAC                            EMA or latest batch     :class:`EigenbasisAdam`
+=========  =================================  ======================  ==========================
+
+Where the increments come from is the caller's business (the optimizer shell): gradients for
+Shampoo / SOAP (:func:`gradient_statistics`), layer inputs and output gradients captured by
+module hooks for KFAC. This module only accumulates, refreshes and applies.
+
+The functions are pure in the optax sense except that they update the ``state`` mapping they
+are given in place (it lives in ``torch.optim.Optimizer.state`` so that ``state_dict`` carries it).
+
+Sides. A side of dimension 1 is not preconditioned (a 1 x n parameter gets a one-sided,
+right-only preconditioner). A side longer than ``max_preconditioner_dim`` keeps only the diagonal
+of its statistic (a diagonal, AdaGrad-like preconditioner on that axis); its eigenbasis is the
+identity.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from layerwise.optim import matrix
+from layerwise.optim.matrix import Damping, DecompositionError
+
+# State keys (constants, so that optimizers, tests and checkpoints agree on them).
+LEFT_STATISTIC = "left_statistic"
+RIGHT_STATISTIC = "right_statistic"
+LEFT_PRECONDITIONER = "left_preconditioner"
+RIGHT_PRECONDITIONER = "right_preconditioner"
+EIGENBASIS_EXP_AVG_SQ = "eigenbasis_exp_avg_sq"
+FAILED_REFRESHES = "failed_refreshes"
+CONSECUTIVE_FAILURES = "consecutive_failed_refreshes"
+
+_STATISTIC_KEYS = (LEFT_STATISTIC, RIGHT_STATISTIC)
+_PRECONDITIONER_KEYS = (LEFT_PRECONDITIONER, RIGHT_PRECONDITIONER)
+
+
+class Accumulation(enum.StrEnum):
+    """How statistic increments :math:`\\Delta` are accumulated into :math:`S`.
+
+    ``sum``: :math:`S \\leftarrow S + \\Delta` (original Shampoo / AdaGrad);
+    ``ema``: :math:`S \\leftarrow \\beta S + (1 - \\beta)\\Delta`;
+    ``latest``: :math:`S \\leftarrow \\Delta` (exact per-batch factors, no memory).
+    """
+
+    SUM = "sum"
+    EMA = "ema"
+    LATEST = "latest"
+
+
+class SideKind(enum.StrEnum):
+    DENSE = "dense"
+    DIAGONAL = "diagonal"
+    NONE = "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InverseRoot:
+    r"""Apply :math:`(L + \epsilon_L I)^{-1/p} X (R + \epsilon_R I)^{-1/p}`.
+
+    ``root``: the order p; ``None`` means Shampoo's rule p = 2 x (number of preconditioned
+    sides), i.e. p = 4 for a matrix and p = 2 for a one-sided (vector-like) parameter. KFAC
+    uses ``root=1``. ``damping``/``damping_mode`` follow :mod:`layerwise.optim.matrix`.
+    With ``root=1`` the inverse is computed by Cholesky (eigh only as a fallback).
+    """
+
+    root: float | None = None
+    damping: float = 1e-12
+    damping_mode: Damping = Damping.ABSOLUTE
+
+    def __post_init__(self) -> None:
+        if self.root is not None and self.root <= 0:
+            raise ValueError(f"root must be positive, got {self.root}")
+        if self.damping < 0:
+            raise ValueError(f"damping must be >= 0, got {self.damping}")
+        object.__setattr__(self, "damping_mode", Damping(self.damping_mode))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EigenbasisAdam:
+    r"""Adam run in the eigenbasis :math:`Q_L, Q_R` of the statistics (SOAP, EKFAC).
+
+    With :math:`\tilde G = Q_L^\top G Q_R` and :math:`\tilde M = Q_L^\top M Q_R`:
+
+    .. math::  V \leftarrow \beta_2 V + (1 - \beta_2)\tilde G^{\odot 2}, \qquad
+               X \mapsto Q_L \frac{\tilde M}{\sqrt{V / (1 - \beta_2^t)} + \epsilon} Q_R^\top.
+
+    ``V`` is kept across basis refreshes unchanged (Vyas et al., 2024, keep it as well; with
+    eigenvectors sorted by eigenvalue the coordinates roughly correspond).
+    """
+
+    beta2: float = 0.95
+    epsilon: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta2 < 1.0:
+            raise ValueError(f"beta2 must be in [0, 1), got {self.beta2}")
+        if self.epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
+
+
+class PolarMethod(enum.StrEnum):
+    SVD = "svd"
+    NEWTON_SCHULZ = "newton_schulz"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Orthogonalize:
+    r"""Apply :math:`X \mapsto \operatorname{polar}(X) = U V^\top` (Muon).
+
+    ``method``: exact SVD, or a Newton–Schulz iteration with the given coefficients and steps.
+    """
+
+    method: PolarMethod = PolarMethod.NEWTON_SCHULZ
+    coefficients: tuple[float, float, float] = matrix.NEWTON_SCHULZ_QUINTIC
+    steps: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", PolarMethod(self.method))
+        if self.steps < 1:
+            raise ValueError(f"Newton–Schulz steps must be >= 1, got {self.steps}")
+
+
+Transform = InverseRoot | EigenbasisAdam | Orthogonalize
+
+
+@dataclass(frozen=True, kw_only=True)
+class KroneckerConfig:
+    """The three choices of one layer's preconditioner, plus its failure policy.
+
+    ``max_consecutive_failures``: a failed refresh keeps the previous preconditioner and is
+    counted; after this many failures in a row the error is raised (``None``: never raise).
+    """
+
+    transform: Transform
+    accumulation: Accumulation = Accumulation.EMA
+    decay: float = 0.95
+    max_preconditioner_dim: int = 8192
+    retry_float64: bool = True
+    max_consecutive_failures: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "accumulation", Accumulation(self.accumulation))
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+        if self.max_preconditioner_dim < 1:
+            raise ValueError(
+                f"max_preconditioner_dim must be >= 1, got {self.max_preconditioner_dim}"
+            )
+
+    @property
+    def uses_statistics(self) -> bool:
+        return not isinstance(self.transform, Orthogonalize)
+
+    def side_kinds(self, shape: tuple[int, int]) -> tuple[SideKind, SideKind]:
+        """How each side of an ``(m, n)`` parameter is preconditioned (module docstring)."""
+        if not self.uses_statistics:
+            return SideKind.NONE, SideKind.NONE
+        return tuple(  # type: ignore[return-value]
+            SideKind.NONE
+            if size == 1
+            else SideKind.DIAGONAL
+            if size > self.max_preconditioner_dim
+            else SideKind.DENSE
+            for size in shape
+        )
+
+
+def init_state(config: KroneckerConfig, shape: tuple[int, int], like: Tensor) -> dict[str, Any]:
+    """Fresh state for a parameter viewed as an ``(m, n)`` matrix (statistics zero,
+    preconditioners identity, so a failed first refresh leaves an un-preconditioned step)."""
+    state: dict[str, Any] = {FAILED_REFRESHES: 0, CONSECUTIVE_FAILURES: 0}
+    options = {"dtype": like.dtype, "device": like.device}
+    for side, (size, kind) in enumerate(zip(shape, config.side_kinds(shape), strict=True)):
+        match kind:
+            case SideKind.DENSE:
+                state[_STATISTIC_KEYS[side]] = torch.zeros(size, size, **options)
+                state[_PRECONDITIONER_KEYS[side]] = torch.eye(size, **options)
+            case SideKind.DIAGONAL:
+                state[_STATISTIC_KEYS[side]] = torch.zeros(size, **options)
+                if isinstance(config.transform, InverseRoot):
+                    state[_PRECONDITIONER_KEYS[side]] = torch.ones(size, **options)
+            case SideKind.NONE:
+                pass
+    if isinstance(config.transform, EigenbasisAdam):
+        state[EIGENBASIS_EXP_AVG_SQ] = torch.zeros(shape, **options)
+    return state
+
+
+def gradient_statistics(
+    config: KroneckerConfig, grad: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
+    r"""Shampoo's increments :math:`G G^\top` and :math:`G^\top G` for a matrix gradient
+    (their diagonals for diagonal sides, ``None`` for sides that are not preconditioned)."""
+    increments: list[Tensor | None] = []
+    for side, kind in enumerate(config.side_kinds(tuple(grad.shape))):
+        match kind:
+            case SideKind.DENSE:
+                increments.append(grad @ grad.mT if side == 0 else grad.mT @ grad)
+            case SideKind.DIAGONAL:
+                increments.append(grad.square().sum(dim=1 - side))
+            case SideKind.NONE:
+                increments.append(None)
+    return increments[0], increments[1]
+
+
+def accumulate(
+    config: KroneckerConfig,
+    state: dict[str, Any],
+    left: Tensor | None,
+    right: Tensor | None,
+) -> None:
+    """Fold the increments into the statistics according to ``config.accumulation``."""
+    for key, increment in zip(_STATISTIC_KEYS, (left, right), strict=True):
+        if key not in state:
+            continue
+        if increment is None:
+            raise ValueError(f"{key}: an increment is required for a preconditioned side")
+        statistic: Tensor = state[key]
+        match config.accumulation:
+            case Accumulation.SUM:
+                statistic.add_(increment)
+            case Accumulation.EMA:
+                statistic.lerp_(increment.to(statistic.dtype), 1.0 - config.decay)
+            case Accumulation.LATEST:
+                statistic.copy_(increment)
+
+
+def _side_preconditioner(
+    transform: Transform, statistic: Tensor, root: float, damping: float, retry: bool
+) -> Tensor | None:
+    """The preconditioner of one side from its statistic (``None``: keep identity basis)."""
+    match transform:
+        case InverseRoot():
+            if statistic.ndim == 1:
+                eigenvalues = matrix._damped_eigenvalues(statistic, damping, transform.damping_mode)
+                result = eigenvalues.pow(-1.0 / root)
+                if not torch.isfinite(result).all():
+                    raise DecompositionError("diagonal inverse root is not finite")
+                return result
+            if root == 1.0:
+                return matrix.damped_inverse(
+                    statistic, damping=damping, damping_mode=transform.damping_mode
+                )
+            return matrix.inverse_root(
+                statistic,
+                root,
+                damping=damping,
+                damping_mode=transform.damping_mode,
+                retry_float64=retry,
+            )
+        case EigenbasisAdam():
+            if statistic.ndim == 1:
+                return None
+            return matrix.symmetric_eigenbasis(statistic, retry_float64=retry)
+        case _:
+            raise TypeError(f"no statistics to refresh for transform {transform!r}")
+
+
+def refresh(
+    config: KroneckerConfig,
+    state: dict[str, Any],
+    *,
+    damping: tuple[float, float] | None = None,
+) -> bool:
+    """Recompute the preconditioners from the current statistics.
+
+    ``damping`` overrides ``InverseRoot.damping`` per side (KFAC's π-split). On a
+    :class:`~layerwise.optim.matrix.DecompositionError` the previous preconditioners are kept,
+    the failure is counted in the state and warned about, and ``False`` is returned; after
+    ``config.max_consecutive_failures`` failures in a row the error is raised.
+    """
+    if not config.uses_statistics:
+        return True
+    transform = config.transform
+    sides = [key for key in _STATISTIC_KEYS if key in state]
+    root = (transform.root or 2.0 * len(sides)) if isinstance(transform, InverseRoot) else 1.0
+    base_damping = transform.damping if isinstance(transform, InverseRoot) else 0.0
+    dampings = damping if damping is not None else (base_damping, base_damping)
+    try:
+        fresh = {}
+        for side, key in enumerate(_STATISTIC_KEYS):
+            if key in state:
+                fresh[_PRECONDITIONER_KEYS[side]] = _side_preconditioner(
+                    transform, state[key], root, dampings[side], config.retry_float64
+                )
+    except DecompositionError as error:
+        state[FAILED_REFRESHES] += 1
+        state[CONSECUTIVE_FAILURES] += 1
+        limit = config.max_consecutive_failures
+        if limit is not None and state[CONSECUTIVE_FAILURES] > limit:
+            raise DecompositionError(
+                f"{state[CONSECUTIVE_FAILURES]} consecutive preconditioner refreshes failed"
+            ) from error
+        warnings.warn(
+            f"preconditioner refresh failed ({error}); keeping the previous one "
+            f"({state[FAILED_REFRESHES]} failures so far)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    for key, value in fresh.items():
+        if value is not None:
+            state[key].copy_(value)
+    state[CONSECUTIVE_FAILURES] = 0
+    return True
+
+
+def _two_sided(left: Tensor | None, x: Tensor, right: Tensor | None, *, transpose: bool) -> Tensor:
+    """``Lᵀ X R`` (or ``L X Rᵀ`` if not ``transpose``) with ``None`` as identity and a 1-D
+    factor as a diagonal."""
+    if left is not None:
+        if left.ndim == 1:
+            x = left[:, None] * x
+        else:
+            x = (left.mT if transpose else left) @ x
+    if right is not None:
+        if right.ndim == 1:
+            x = x * right[None, :]
+        else:
+            x = x @ (right if transpose else right.mT)
+    return x
+
+
+def apply(
+    config: KroneckerConfig,
+    state: dict[str, Any],
+    direction: Tensor,
+    *,
+    grad: Tensor | None = None,
+    step: int = 1,
+) -> Tensor:
+    """Precondition ``direction`` (an ``(m, n)`` matrix: the gradient or its momentum).
+
+    ``grad`` (the raw gradient) feeds the second moment of :class:`EigenbasisAdam`; ``step`` is
+    its bias-correction count. Returns a new tensor; updates ``state`` only for
+    :class:`EigenbasisAdam` (its second moment).
+    """
+    left = state.get(LEFT_PRECONDITIONER)
+    right = state.get(RIGHT_PRECONDITIONER)
+    match config.transform:
+        case InverseRoot():
+            return _two_sided(left, direction, right, transpose=False)
+        case EigenbasisAdam(beta2=beta2, epsilon=epsilon):
+            if grad is None:
+                raise ValueError("EigenbasisAdam needs the raw gradient")
+            exp_avg_sq: Tensor = state[EIGENBASIS_EXP_AVG_SQ]
+            rotated_grad = _two_sided(left, grad, right, transpose=True)
+            exp_avg_sq.mul_(beta2).addcmul_(rotated_grad, rotated_grad, value=1.0 - beta2)
+            bias_correction = 1.0 - beta2**step
+            denominator = (exp_avg_sq / bias_correction).sqrt_().add_(epsilon)
+            rotated = _two_sided(left, direction, right, transpose=True) / denominator
+            return _two_sided(left, rotated, right, transpose=False)
+        case Orthogonalize(method=PolarMethod.SVD):
+            return matrix.polar_svd(direction)
+        case Orthogonalize(coefficients=coefficients, steps=steps):
+            return matrix.newton_schulz_polar(direction, coefficients=coefficients, steps=steps)
+        case other:
+            raise TypeError(f"unknown transform {other!r}")

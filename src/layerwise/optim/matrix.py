@@ -1,0 +1,207 @@
+r"""Symmetric matrix functions shared by every optimizer of :mod:`layerwise.optim`.
+
+Free functions on tensors: no optimizer state, no logging policy. Each works in float32 and
+float64; the eigendecompositions retry in float64 when the working precision fails.
+
+Damping convention (used everywhere in the package)
+---------------------------------------------------
+For a symmetric positive semi-definite factor :math:`A = Q \operatorname{diag}(\lambda) Q^\top`,
+damping is added to the eigenvalues *before* the root:
+
+.. math::
+    (A + \epsilon I)^{-1/p}
+    = Q \operatorname{diag}\big((\max(\lambda, 0) + \epsilon)^{-1/p}\big) Q^\top,
+
+with :math:`\epsilon = \text{damping}` (``Damping.ABSOLUTE``) or
+:math:`\epsilon = \text{damping}\cdot\lambda_{\max}` (``Damping.RELATIVE``, scale-free). Negative
+eigenvalues, which only arise from round-off for a PSD factor, are clipped to zero first.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NEWTON_SCHULZ_CUBIC",
+    "NEWTON_SCHULZ_QUINTIC",
+    "Damping",
+    "DecompositionError",
+    "damped_inverse",
+    "eigh_with_retry",
+    "inverse_root",
+    "newton_schulz_polar",
+    "polar_svd",
+    "symmetric_eigenbasis",
+]
+
+
+class Damping(enum.StrEnum):
+    """How the damping constant is added to the eigenvalues (see the module docstring)."""
+
+    ABSOLUTE = "absolute"
+    RELATIVE = "relative"
+
+
+class DecompositionError(RuntimeError):
+    """A decomposition failed in every precision it was tried in, or returned non-finite values."""
+
+
+def eigh_with_retry(a: Tensor, *, retry_float64: bool = True) -> tuple[Tensor, Tensor]:
+    r"""Eigendecomposition :math:`A = Q \operatorname{diag}(\lambda) Q^\top` of symmetric ``a``.
+
+    Computed in ``a.dtype``; if that raises :class:`torch.linalg.LinAlgError` or returns
+    non-finite values and ``retry_float64`` is set, it is recomputed in float64. The result is
+    returned in ``a.dtype``, eigenvalues ascending. Raises :class:`DecompositionError` when no
+    attempt succeeds (including a non-finite input, which no precision can repair).
+    """
+    if not torch.isfinite(a).all():
+        raise DecompositionError("input matrix has non-finite entries")
+    attempts = [a.dtype]
+    if retry_float64 and a.dtype != torch.float64:
+        attempts.append(torch.float64)
+    last_error: Exception | None = None
+    for dtype in attempts:
+        try:
+            eigenvalues, eigenvectors = torch.linalg.eigh(a.to(dtype))
+        except torch.linalg.LinAlgError as error:
+            last_error = error
+            continue
+        if torch.isfinite(eigenvalues).all() and torch.isfinite(eigenvectors).all():
+            return eigenvalues.to(a.dtype), eigenvectors.to(a.dtype)
+        last_error = DecompositionError(f"eigh in {dtype} returned non-finite values")
+    raise DecompositionError(f"eigh failed in {[str(d) for d in attempts]}") from last_error
+
+
+def _damped_eigenvalues(eigenvalues: Tensor, damping: float, mode: Damping) -> Tensor:
+    eigenvalues = eigenvalues.clamp(min=0)
+    match Damping(mode):
+        case Damping.ABSOLUTE:
+            epsilon = damping
+        case Damping.RELATIVE:
+            epsilon = damping * float(eigenvalues.max()) if eigenvalues.numel() else 0.0
+        case other:  # pragma: no cover - StrEnum already refuses unknown values
+            raise ValueError(f"unknown damping mode {other!r}")
+    return eigenvalues + epsilon
+
+
+def inverse_root(
+    a: Tensor,
+    p: float,
+    *,
+    damping: float = 0.0,
+    damping_mode: Damping | str = Damping.ABSOLUTE,
+    retry_float64: bool = True,
+) -> Tensor:
+    r"""Return :math:`(A + \epsilon I)^{-1/p}` for a symmetric PSD ``a`` of shape ``(d, d)``.
+
+    ``p`` is the root order (``p = 1``: the damped inverse, KFAC; ``p = 4``: Shampoo's
+    two-sided root). Damping follows the module convention. A zero eigenvalue with zero damping
+    gives ``inf`` entries, which are reported as :class:`DecompositionError` rather than returned.
+
+    Ref: Gupta, Koren & Singer, "Shampoo", ICML 2018; Martens & Grosse, "KFAC", ICML 2015.
+
+    >>> inverse_root(torch.diag(torch.tensor([16.0, 1.0])), 4)
+    tensor([[0.5000, 0.0000],
+            [0.0000, 1.0000]])
+    """
+    if p <= 0:
+        raise ValueError(f"root order p must be positive, got {p}")
+    eigenvalues, eigenvectors = eigh_with_retry(a, retry_float64=retry_float64)
+    scaled = _damped_eigenvalues(eigenvalues, damping, Damping(damping_mode)).pow(-1.0 / p)
+    if not torch.isfinite(scaled).all():
+        raise DecompositionError(
+            "inverse root of a singular matrix: add damping (smallest damped eigenvalue "
+            f"{float(_damped_eigenvalues(eigenvalues, damping, Damping(damping_mode)).min()):.3g})"
+        )
+    return (eigenvectors * scaled) @ eigenvectors.mT
+
+
+def damped_inverse(
+    a: Tensor,
+    *,
+    damping: float = 0.0,
+    damping_mode: Damping | str = Damping.ABSOLUTE,
+) -> Tensor:
+    r"""Return :math:`(A + \epsilon I)^{-1}` by Cholesky, falling back to :func:`inverse_root`.
+
+    Cholesky is several times cheaper than ``eigh`` and is all an inverse needs (KFAC). When
+    the damped factor is not numerically positive definite the eigendecomposition path (which
+    clips negative round-off eigenvalues) takes over, with its float64 retry.
+    """
+    if not torch.isfinite(a).all():
+        raise DecompositionError("input matrix has non-finite entries")
+    mode = Damping(damping_mode)
+    if mode is Damping.ABSOLUTE:
+        epsilon = damping
+    else:
+        epsilon = damping * float(torch.linalg.matrix_norm(a, ord=2))
+    identity = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    factor, info = torch.linalg.cholesky_ex(a + epsilon * identity)
+    if int(info) == 0:
+        inverse = torch.cholesky_inverse(factor)
+        if torch.isfinite(inverse).all():
+            return inverse
+    return inverse_root(a, 1.0, damping=damping, damping_mode=mode)
+
+
+def symmetric_eigenbasis(a: Tensor, *, retry_float64: bool = True) -> Tensor:
+    r"""Orthonormal eigenvectors ``Q`` of symmetric ``a`` (columns, eigenvalues descending).
+
+    Descending order keeps the leading directions first, which is the order SOAP / EKFAC
+    second-moment estimates are kept in between refreshes.
+    """
+    _, eigenvectors = eigh_with_retry(a, retry_float64=retry_float64)
+    return eigenvectors.flip(-1)
+
+
+def polar_svd(m: Tensor) -> Tensor:
+    r"""The polar factor :math:`U V^\top` of ``m = U S V^\top`` by an exact (reduced) SVD.
+
+    For a rank-deficient ``m`` the factor is not unique; this returns the one from the SVD's
+    singular vectors, which maps the null space to zero only up to round-off.
+    """
+    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    return u @ vh
+
+
+#: Quintic Newton–Schulz coefficients (a, b, c) of Jordan et al.'s Muon (2024): chosen to push
+#: singular values in (0, 1] to roughly [0.7, 1.2] in 5 steps rather than to converge exactly.
+NEWTON_SCHULZ_QUINTIC: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+
+#: The classical cubic iteration X <- 1.5 X - 0.5 X Xᵀ X, written as quintic coefficients; it
+#: converges to the exact polar factor (quadratically near it) for singular values in (0, √3).
+NEWTON_SCHULZ_CUBIC: tuple[float, float, float] = (1.5, -0.5, 0.0)
+
+
+def newton_schulz_polar(
+    m: Tensor,
+    *,
+    coefficients: tuple[float, float, float] = NEWTON_SCHULZ_QUINTIC,
+    steps: int = 5,
+    epsilon: float = 1e-7,
+) -> Tensor:
+    r"""Approximate the polar factor :math:`U V^\top` of ``m`` by a Newton–Schulz iteration.
+
+    With :math:`X_0 = M / (\|M\|_F + \epsilon)` (all singular values in (0, 1]) and
+    coefficients (a, b, c):
+
+    .. math::  A = X X^\top, \qquad X \leftarrow a X + (b A + c A^2) X,
+
+    run on the wide orientation (fewer rows than columns) so the Gram matrix is the small one.
+    With :data:`NEWTON_SCHULZ_CUBIC` and enough steps this converges to the exact polar factor;
+    with the default quintic coefficients it stops at singular values in roughly [0.7, 1.2]
+    (good enough for Muon, cheaper). Works in ``m.dtype``.
+    """
+    if steps < 1:
+        raise ValueError(f"Newton–Schulz steps must be >= 1, got {steps}")
+    a, b, c = coefficients
+    transposed = m.shape[-2] > m.shape[-1]
+    x = m.mT if transposed else m
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + epsilon)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if transposed else x
