@@ -11,15 +11,15 @@ One step for a block (a parameter viewed as a matrix, or for KFAC a weight with 
    (steps 1, k + 1, 2k + 1, ...) the preconditioners are recomputed
    (:mod:`layerwise.optim.kronecker`);
 3. the direction is preconditioned and post-processed (grafting, Muon's scale);
-4. optional heavy-ball momentum on the direction: :math:`B \leftarrow \mu B + D`, and
-   :math:`D \leftarrow B` (or :math:`D + \mu B` with ``nesterov``) — for KFAC and Shampoo;
+4. optional heavy-ball momentum on the preconditioned direction (Kronecker blocks only):
+   :math:`B \leftarrow \mu B + D`, and :math:`D \leftarrow B` (or :math:`D + \mu B` with ``nesterov``) — for KFAC and Shampoo;
 5. decoupled weight decay and the step: :math:`W \leftarrow (1 - \eta\lambda) W - \eta D`.
 
 Parameters that are not matrices. 0-D and 1-D tensors (biases, norm scales) take the **Adam
 path**: :math:`D = \hat M / (\sqrt{V / (1 - \beta_2^t)} + \epsilon)`, exactly AdamW with the
-group's betas, ``eps`` and weight decay, at learning rate ``adam_lr`` (default: the group's
-``lr``). Tensors with more than two dimensions are viewed as matrices of shape
-``(shape[0], prod(shape[1:]))`` (output channels x everything else, e.g. a conv kernel).
+group's betas, ``eps`` and weight decay, at learning rate ``lr * adam_lr_ratio`` (a ratio so
+that LR schedulers scale both paths). Tensors with more than two dimensions are viewed as
+matrices of shape ``(shape[0], prod(shape[1:]))`` (output channels x everything else, e.g. a conv kernel).
 
 Robustness. Before anything changes, all gradients of the step are checked together (one
 synchronization): if any is non-finite the whole step is skipped, a ``RuntimeWarning`` is
@@ -100,7 +100,7 @@ def check_hyperparameters(**values: Any) -> None:
     """Refuse impossible hyperparameters, naming the value (the torch.optim habit)."""
     rules: dict[str, Callable[[Any], bool]] = {
         "lr": lambda v: v >= 0,
-        "adam_lr": lambda v: v is None or v >= 0,
+        "adam_lr_ratio": lambda v: v >= 0,
         "eps": lambda v: v >= 0,
         "weight_decay": lambda v: v >= 0,
         "momentum": lambda v: 0 <= v < 1,
@@ -195,7 +195,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._skip(work, "non-finite update")
             return loss
         for group, block, direction in updates:
-            lr = group["lr"] if block.kronecker else (group.get("adam_lr") or group["lr"])
+            lr = group["lr"] if block.kronecker else group["lr"] * group.get("adam_lr_ratio", 1.0)
             for param, piece in zip(block.params, block.split(direction), strict=True):
                 if group["weight_decay"]:
                     param.mul_(1.0 - lr * group["weight_decay"])
@@ -239,7 +239,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             direction = kronecker.apply(config, state, first_moment, grad=grad, step=step)
             direction = self.postprocess(group, state, direction, first_moment, grad)
 
-        if momentum:
+        if momentum and block.kronecker:  # the Adam path has its own first moment
             buffer = state.get(MOMENTUM_BUFFER)
             if buffer is None:
                 buffer = state[MOMENTUM_BUFFER] = torch.zeros_like(direction)
@@ -305,7 +305,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
 _CHECKED_DEFAULTS = (
     "lr",
-    "adam_lr",
+    "adam_lr_ratio",
     "eps",
     "weight_decay",
     "momentum",

@@ -11,7 +11,7 @@ mode, a quintic Newton–Schulz iteration otherwise), and the shape scale :math:
 :math:`0.2\sqrt{\max(m, n)}` (matches AdamW's update RMS, Liu et al. 2025), ``"none"`` 1.
 Muon is Shampoo without accumulation: :math:`(NN^\top)^{-1/4} N (N^\top N)^{-1/4} = UV^\top`.
 
-1-D parameters take the Adam path (:mod:`layerwise.optim.base`) at ``adam_lr`` with ``betas``;
+1-D parameters take the Adam path (:mod:`layerwise.optim.base`) at ``lr * adam_lr_ratio``;
 >2-D parameters are viewed as ``(shape[0], prod(shape[1:]))`` matrices.
 """
 
@@ -61,12 +61,13 @@ class Muon(LayerwiseOptimizer):
         polar: ``"newton_schulz"`` or ``"svd"`` (exact mode: ``"svd"``).
         ns_coefficients, ns_steps: the Newton–Schulz iteration.
         scale: ``"shape"``, ``"rms"`` or ``"none"`` (module docstring).
-        adam_lr, betas, eps: the Adam path for non-matrix parameters (``adam_lr`` default: lr).
+        adam_lr_ratio, betas, eps: the Adam path for non-matrix parameters, at learning rate
+            ``lr * adam_lr_ratio`` (default 0.05: 1e-3 at the default lr).
         exact: exact polar factor by SVD.
 
     Example:
         >>> model = torch.nn.Linear(4, 3)
-        >>> opt = Muon(model.parameters(), lr=0.02, adam_lr=1e-3)
+        >>> opt = Muon(model.parameters(), lr=0.02)
     """
 
     first_moment_bias_correction = False
@@ -83,7 +84,7 @@ class Muon(LayerwiseOptimizer):
         ns_coefficients: tuple[float, float, float] = NEWTON_SCHULZ_QUINTIC,
         ns_steps: int = 5,
         scale: str = "shape",
-        adam_lr: float | None = None,
+        adam_lr_ratio: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
         exact: bool = False,
@@ -105,7 +106,7 @@ class Muon(LayerwiseOptimizer):
             ns_coefficients=tuple(ns_coefficients),
             ns_steps=ns_steps,
             scale=MuonScale(scale),
-            adam_lr=adam_lr,
+            adam_lr_ratio=adam_lr_ratio,
             betas=betas,
             eps=eps,
             refresh_every=1,

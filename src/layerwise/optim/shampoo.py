@@ -65,7 +65,8 @@ class Shampoo(LayerwiseOptimizer):
         grafting: ``"adam"``, ``"sgd"`` or ``"none"`` (exact mode: ``"none"``).
         max_preconditioner_dim: sides longer than this keep a diagonal statistic.
         root: root order p; ``None`` for Shampoo's 2 x (number of preconditioned sides).
-        adam_lr: learning rate of the Adam path (default: ``lr``).
+        adam_lr_ratio: the Adam path's learning rate is ``lr * adam_lr_ratio`` (a ratio, so
+            LR schedulers scale both paths).
         exact: the exact mode described in the module docstring.
 
     Example:
@@ -94,7 +95,7 @@ class Shampoo(LayerwiseOptimizer):
         grafting: str | None = None,
         max_preconditioner_dim: int = 2048,
         root: float | None = None,
-        adam_lr: float | None = None,
+        adam_lr_ratio: float = 1.0,
         exact: bool = False,
     ) -> None:
         mode = resolve_mode(
@@ -130,7 +131,7 @@ class Shampoo(LayerwiseOptimizer):
             grafting=Grafting(mode["grafting"]),
             max_preconditioner_dim=max_preconditioner_dim,
             root=root,
-            adam_lr=adam_lr,
+            adam_lr_ratio=adam_lr_ratio,
             exact=exact,
         )
         super().__init__(params, defaults)

@@ -42,7 +42,8 @@ class SOAP(LayerwiseOptimizer):
         refresh_every: steps between eigenbasis recomputations (exact mode: 1).
         statistics_every: steps between statistic updates.
         max_preconditioner_dim: sides longer than this use the identity basis.
-        adam_lr: learning rate of the Adam path (default: ``lr``).
+        adam_lr_ratio: the Adam path's learning rate is ``lr * adam_lr_ratio`` (a ratio, so
+            LR schedulers scale both paths).
         exact: recompute the eigenbases at every step.
 
     Example:
@@ -62,7 +63,7 @@ class SOAP(LayerwiseOptimizer):
         refresh_every: int | None = None,
         statistics_every: int = 1,
         max_preconditioner_dim: int = 10000,
-        adam_lr: float | None = None,
+        adam_lr_ratio: float = 1.0,
         exact: bool = False,
     ) -> None:
         mode = resolve_mode(
@@ -80,7 +81,7 @@ class SOAP(LayerwiseOptimizer):
             refresh_every=mode["refresh_every"],
             statistics_every=statistics_every,
             max_preconditioner_dim=max_preconditioner_dim,
-            adam_lr=adam_lr,
+            adam_lr_ratio=adam_lr_ratio,
             exact=exact,
         )
         super().__init__(params, defaults)
