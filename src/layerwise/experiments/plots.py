@@ -18,10 +18,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files, never shown
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 #: One colour per method name, shared by all figures of the project.
 METHOD_COLORS: dict[str, str] = {
@@ -88,7 +88,9 @@ def theory_line(ax: Axes, x, y, *, label: str | None = "theory") -> None:
     ax.plot(x, y, linestyle="--", color="black", linewidth=1.2, label=label)
 
 
-def new_figure(ncols: int = 1, *, width: float = 4.5, height: float = 3.4) -> tuple[Figure, list[Axes]]:
+def new_figure(
+    ncols: int = 1, *, width: float = 4.5, height: float = 3.4
+) -> tuple[Figure, list[Axes]]:
     """A figure with ``ncols`` side-by-side axes (always returned as a list)."""
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return fig, list(axes[0])

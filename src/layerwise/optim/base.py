@@ -12,14 +12,16 @@ One step for a block (a parameter viewed as a matrix, or for KFAC a weight with 
    (:mod:`layerwise.optim.kronecker`);
 3. the direction is preconditioned and post-processed (grafting, Muon's scale);
 4. optional heavy-ball momentum on the preconditioned direction (Kronecker blocks only):
-   :math:`B \leftarrow \mu B + D`, and :math:`D \leftarrow B` (or :math:`D + \mu B` with ``nesterov``) — for KFAC and Shampoo;
+   :math:`B \leftarrow \mu B + D`, and :math:`D \leftarrow B` (or :math:`D + \mu B` with
+   ``nesterov``) — for KFAC and Shampoo;
 5. decoupled weight decay and the step: :math:`W \leftarrow (1 - \eta\lambda) W - \eta D`.
 
 Parameters that are not matrices. 0-D and 1-D tensors (biases, norm scales) take the **Adam
 path**: :math:`D = \hat M / (\sqrt{V / (1 - \beta_2^t)} + \epsilon)`, exactly AdamW with the
 group's betas, ``eps`` and weight decay, at learning rate ``lr * adam_lr_ratio`` (a ratio so
 that LR schedulers scale both paths). Tensors with more than two dimensions are viewed as
-matrices of shape ``(shape[0], prod(shape[1:]))`` (output channels x everything else, e.g. a conv kernel).
+matrices of shape ``(shape[0], prod(shape[1:]))`` (output channels x everything else, e.g. a
+conv kernel).
 
 Robustness. Before anything changes, all gradients of the step are checked together (one
 synchronization): if any is non-finite the whole step is skipped, a ``RuntimeWarning`` is
