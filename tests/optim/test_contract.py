@@ -186,3 +186,16 @@ def test_large_side_falls_back_to_a_diagonal_statistic():
 def test_bad_hyperparameters_are_refused_by_name(factory, message):
     with pytest.raises(ValueError, match=message):
         factory(make_mlp().parameters())
+
+
+def test_checkpoint_without_a_newer_knob_loads_with_its_default():
+    model = make_mlp()
+    optimizer = Shampoo(model.parameters(), lr=1e-2)
+    train(model, optimizer, regression_batches(2))
+    saved = copy.deepcopy(optimizer.state_dict())
+    for group in saved["param_groups"]:
+        del group["statistics_every"]  # as if written before the knob existed
+    fresh = Shampoo(model.parameters(), lr=1e-2)
+    fresh.load_state_dict(saved)
+    assert all(g["statistics_every"] == 1 for g in fresh.param_groups)
+    train(model, fresh, regression_batches(2))

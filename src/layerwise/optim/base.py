@@ -68,7 +68,9 @@ class Block:
 
     def matrix(self, tensors: Sequence[Tensor]) -> Tensor:
         """View (and for a weight + bias pair, concatenate) the block's tensors as a matrix."""
-        first = tensors[0].reshape(tensors[0].shape[0], -1) if tensors[0].ndim else tensors[0]
+        if not self.kronecker:
+            return tensors[0]
+        first = tensors[0].reshape(tensors[0].shape[0], -1)
         if len(tensors) == 1:
             return first
         return torch.cat([first, *(t.reshape(first.shape[0], -1) for t in tensors[1:])], dim=1)
@@ -172,6 +174,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ) -> Tensor:
         """Adjust the preconditioned direction (grafting, scaling); default: unchanged."""
         return direction
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``; knobs added to the optimizer after the
+        checkpoint was written take their defaults, so old checkpoints keep loading."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
 
     # -- the step --------------------------------------------------------------------------
     @torch.no_grad()
