@@ -1,0 +1,220 @@
+"""The ``layerwise`` command.
+
+::
+
+    layerwise list
+    layerwise run NAME [--quick] [--seeds N] [--out DIR] [--executor local|ray] [--address A]
+                       [--workers K] [--device cpu|cuda] [--set key=value ...] [--config PATH]
+    layerwise report DIR
+    layerwise reproduce [--quick] [--seeds N] [--out DIR] [--executor ...] [--address A]
+                        [--workers K] [--device D]
+
+Exit status: 0 success; 1 some runs failed (the others are stored); 2 the command or a config
+was refused before anything ran (the message names the field and the value; nothing is
+written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from layerwise.experiments import registry
+from layerwise.experiments.config import (
+    ConfigError,
+    ResolvedConfig,
+    config_search_dirs,
+    find_config,
+    load_config,
+)
+from layerwise.experiments.executors import ExecutorError, make_executor
+
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_REFUSED = 0, 1, 2
+
+
+def _default_out(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    return Path("results/quick") if args.quick else Path("results")
+
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="the config's quick variant")
+    parser.add_argument("--seeds", type=int, help="shorthand for --set seeds=N")
+    parser.add_argument(
+        "--out", help="output folder (default: results/, or results/quick with --quick)"
+    )
+    parser.add_argument("--executor", choices=("local", "ray"), default="local")
+    parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes (default: the number of cores)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerwise",
+        description="Run the experiments of layerwise and report which claims hold.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="registered experiments, their configs and claims")
+
+    run = commands.add_parser("run", help="run one experiment's config")
+    run.add_argument("name", help="experiment name (configs/NAME.yaml)")
+    _add_execution_options(run)
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (dotted path, YAML value), e.g. settings.d=64",
+    )
+    run.add_argument("--config", help="config file (default: search configs/NAME.yaml)")
+
+    report = commands.add_parser("report", help="figures, claims and report of an output folder")
+    report.add_argument("dir", help="output folder of `layerwise run` / `reproduce`")
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run every registered experiment that has a config, then report"
+    )
+    _add_execution_options(reproduce)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    match args.command:
+        case "list":
+            return command_list()
+        case "run":
+            return command_run(args)
+        case "report":
+            return command_report(Path(args.dir))
+        case "reproduce":
+            return command_reproduce(args)
+        case _:
+            raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _refuse(error: Exception) -> int:
+    print(f"layerwise: error: {error}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def command_list() -> int:
+    experiments = registry.experiments()
+    if not experiments:
+        print("no experiments registered")
+    for name, experiment in sorted(experiments.items()):
+        try:
+            config = str(find_config(name))
+        except ConfigError:
+            config = "no config"
+        methods = sorted(registry.problem(experiment.problem).method_models)
+        print(f"{name}  (problem {experiment.problem}; {config})")
+        print(f"    {experiment.description}")
+        print(f"    methods: {', '.join(methods)}")
+        for claim in experiment.claims:
+            print(f"    {claim.id}: {claim.statement}")
+    return EXIT_OK
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = list(getattr(args, "overrides", []))
+    if args.seeds is not None:
+        extra.append(f"seeds={args.seeds}")
+    return extra
+
+
+def _prepare(name: str, args: argparse.Namespace, explicit: str | None = None) -> ResolvedConfig:
+    path = find_config(name, explicit)
+    config = load_config(path, quick=args.quick, overrides=_overrides(args))
+    if config.experiment.name != name:
+        raise ConfigError(
+            config.source,
+            "experiment",
+            f"the config is for {config.experiment.name!r}, but {name!r} was asked for",
+        )
+    return config
+
+
+def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int:
+    from layerwise.experiments.runner import check_device, run_experiment
+
+    try:
+        check_device(args.device)
+        executor = make_executor(args.executor, workers=args.workers, address=args.address)
+    except (ConfigError, ExecutorError) as error:
+        return _refuse(error)
+    out_dir = _default_out(args)
+    command = ["layerwise", *sys.argv[1:]] if sys.argv else None
+    failed = 0
+    with executor:
+        for config in configs:
+            summary = run_experiment(
+                config,
+                out_dir,
+                executor,
+                device=args.device,
+                progress=not args.no_progress,
+                command=command,
+            )
+            print(summary.line())
+            for run_id in summary.failed:
+                print(f"    failed: {run_id} (see failures/{run_id}.json)")
+            failed += len(summary.failed)
+    return EXIT_FAILED_RUNS if failed else EXIT_OK
+
+
+def command_run(args: argparse.Namespace) -> int:
+    try:
+        config = _prepare(args.name, args, args.config)
+    except ConfigError as error:
+        return _refuse(error)
+    return _execute([config], args)
+
+
+def command_report(out_dir: Path) -> int:
+    from layerwise.experiments import store
+    from layerwise.experiments.report import VERDICT_WORDS, write_report
+
+    if not store.stored_experiments(out_dir):
+        return _refuse(ValueError(f"{out_dir}: no stored experiments (no */config.json)"))
+    written = write_report(out_dir)
+    for claim in written.claims:
+        verdict = VERDICT_WORDS[claim.verdict.holds]
+        print(f"{claim.id:6} {verdict:14} {claim.experiment}: {claim.verdict.summary}")
+    for kind, path in written.paths.items():
+        print(f"{kind}: {path}")
+    return EXIT_OK
+
+
+def command_reproduce(args: argparse.Namespace) -> int:
+    configs = []
+    for name in sorted(registry.experiments()):
+        try:
+            path = find_config(name)
+        except ConfigError:
+            print(f"{name}: no config found, skipped")
+            continue
+        try:
+            configs.append(_prepare(name, args, str(path)))
+        except ConfigError as error:
+            return _refuse(error)
+    if not configs:
+        dirs = ", ".join(str(path) for path in config_search_dirs())
+        return _refuse(ValueError(f"no registered experiment has a config (looked in {dirs})"))
+    status = _execute(configs, args)
+    if status == EXIT_REFUSED:
+        return status
+    report_status = command_report(_default_out(args))
+    return status or report_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

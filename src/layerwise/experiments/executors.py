@@ -1,0 +1,270 @@
+"""Executors: where runs execute. One interface, three implementations.
+
+- :class:`InProcessExecutor` (``--executor local --workers 1``): runs in this process, one after
+  another; the easy one to debug.
+- :class:`LocalExecutor` (``--executor local --workers K``): a pool of K worker processes
+  (``forkserver`` context where available, else ``spawn``; never ``fork``, which copies a
+  process that may hold threads). Each worker uses one torch thread, so K workers use K cores.
+- :class:`RayExecutor` (``--executor ray [--address A]``): Ray tasks of one CPU each, on the
+  cluster at ``A`` or on a local Ray instance started for the invocation.
+
+Each executor takes :class:`Job` s and yields one :class:`Outcome` per job, in completion order.
+A run that raises becomes an outcome with the traceback; a worker process that dies (a crash,
+``kill -9``, the OOM killer) is detected, the runs that were in flight are retried one at a
+time in a fresh process, and the one that dies again becomes a failed outcome, so one bad run
+never stops a sweep. The run functions themselves take their randomness from the seeds in
+their task; executors add nothing that could change a table.
+"""
+
+from __future__ import annotations
+
+import abc
+import multiprocessing
+import os
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import pandas as pd
+
+from layerwise.experiments.registry import RunTask
+
+WORKER_DIED = (
+    "the worker process running this run died (crash, out of memory or killed); "
+    "it died again when retried alone"
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to execute: its id, the experiment's run function and the task."""
+
+    run_id: str
+    run: Callable[[RunTask], pd.DataFrame]
+    task: RunTask
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one job: ``table`` on success, else ``error`` (a traceback)."""
+
+    run_id: str
+    table: pd.DataFrame | None
+    error: str | None
+    seconds: float
+
+
+class ExecutorError(RuntimeError):
+    """An executor that cannot start (e.g. Ray not installed or unreachable)."""
+
+
+def execute(job: Job) -> Outcome:
+    """Run one job and capture any exception as a failed :class:`Outcome` (runs in workers)."""
+    start = time.perf_counter()
+    try:
+        table = job.run(job.task)
+        if not isinstance(table, pd.DataFrame):
+            raise TypeError(f"run function returned {type(table).__name__}, not a DataFrame")
+    except Exception:
+        # Deliberately broad: whatever a run raises is stored with its traceback and the
+        # sweep goes on; the exit status reports it.
+        return Outcome(job.run_id, None, traceback.format_exc(), time.perf_counter() - start)
+    return Outcome(job.run_id, table, None, time.perf_counter() - start)
+
+
+def _init_worker() -> None:
+    import torch
+
+    # Several workers share the machine's cores; one intra-op thread each avoids oversubscription.
+    torch.set_num_threads(1)
+
+
+class Executor(abc.ABC):
+    """Runs jobs; use as a context manager so workers are released."""
+
+    name = "executor"
+
+    @abc.abstractmethod
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        """Yield one outcome per job, in completion order."""
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name}
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release workers."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class InProcessExecutor(Executor):
+    name = "local"
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        for job in jobs:
+            yield execute(job)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "workers": 1}
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        # Workers fork from a server that has already imported torch: fast worker start.
+        context.set_forkserver_preload(["torch", "pandas", __name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+class LocalExecutor(Executor):
+    """A pool of ``workers`` processes; at most ``workers`` runs are in flight at a time.
+
+    Keeping no more runs in flight than workers means that when the pool breaks, the runs
+    in flight are exactly the suspects; each is then retried alone in a fresh process.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "workers": self.workers}
+
+    def _new_pool(self, workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=workers, mp_context=_process_context(), initializer=_init_worker
+        )
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        pending = deque(jobs)
+        in_flight: dict[Future, Job] = {}
+        size = min(self.workers, len(pending))
+        pool: ProcessPoolExecutor | None = None
+        try:
+            while pending or in_flight:
+                if pool is None:
+                    pool = self._new_pool(size)
+                while pending and len(in_flight) < size:
+                    job = pending.popleft()
+                    in_flight[pool.submit(execute, job)] = job
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                broken = False
+                for future in done:
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        broken = True
+                        continue
+                    in_flight.pop(future)
+                    yield future.result()
+                if broken:
+                    suspects = list(in_flight.values())
+                    in_flight.clear()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = None
+                    for job in suspects:
+                        yield self._retry_alone(job)
+        finally:
+            if pool is not None:
+                # Normal end: nothing is left in flight. Interrupted: drop what has not started.
+                pool.shutdown(wait=not in_flight, cancel_futures=True)
+
+    def _retry_alone(self, job: Job) -> Outcome:
+        start = time.perf_counter()
+        with self._new_pool(1) as pool:
+            try:
+                return pool.submit(execute, job).result()
+            except BrokenProcessPool:
+                return Outcome(job.run_id, None, WORKER_DIED, time.perf_counter() - start)
+
+
+def _ray_execute(job: Job) -> Outcome:
+    _init_worker()
+    return execute(job)
+
+
+class RayExecutor(Executor):
+    """Ray tasks of one CPU each. Without ``address`` a local Ray instance is started (with
+    ``workers`` CPUs) and shut down on :meth:`close`; with one, the cluster is joined.
+
+    Every node needs this package installed (the run functions are imported by name).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError(
+                "--executor ray needs Ray, which is not installed: pip install 'layerwise[ray]'"
+            ) from None
+        self._ray = ray
+        self.address = address
+        self._started = False
+        if not ray.is_initialized():
+            options = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
+            try:
+                if address is None:
+                    ray.init(num_cpus=workers, **options)
+                else:
+                    ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise ExecutorError(f"could not start Ray (address={address!r}): {error}") from None
+            self._started = True
+        self._remote = ray.remote(num_cpus=1, max_retries=1)(_ray_execute)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "cpus": self._ray.cluster_resources().get("CPU"),
+        }
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        ray = self._ray
+        started = {self._remote.remote(job): (job, time.perf_counter()) for job in jobs}
+        try:
+            while started:
+                (ref,), _ = ray.wait(list(started), num_returns=1)
+                job, start = started.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayError as error:
+                    # A worker or node died (the run's own exceptions come back as outcomes).
+                    seconds = time.perf_counter() - start
+                    yield Outcome(job.run_id, None, f"{WORKER_DIED}\n{error}", seconds)
+        finally:
+            for ref in started:
+                ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
+            self._started = False
+
+
+def make_executor(kind: str, *, workers: int | None = None, address: str | None = None) -> Executor:
+    """The executor for ``--executor kind``; ``workers`` defaults to ``os.cpu_count()``."""
+    if workers is not None and workers < 1:
+        raise ExecutorError(f"--workers must be >= 1, got {workers}")
+    match kind:
+        case "local":
+            if address is not None:
+                raise ExecutorError("--address is only meaningful with --executor ray")
+            count = workers or os.cpu_count() or 1
+            return InProcessExecutor() if count == 1 else LocalExecutor(count)
+        case "ray":
+            return RayExecutor(address=address, workers=workers or os.cpu_count())
+        case _:
+            raise ExecutorError(f"--executor: unknown executor {kind!r}; known: local, ray")

@@ -1,0 +1,217 @@
+"""Claims C9–C13 of SPEC.md §5, decided from the stored tables of the single-index experiments.
+
+Every decision reads medians over seeds per grid point (columns of :mod:`.simulation`), states
+its thresholds here (our choices, fixed before looking at results) and returns the numbers it
+used as evidence. A claim whose rows are missing from the table is undecided (None).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from layerwise.experiments.registry import Verdict
+
+#: C10: the kfac spike counts as aligned with β⋆ at the largest n/d above this median cosine.
+KFAC_ALIGNED = 0.9
+#: C10: allowed decrease of the kfac median alignment from one n/d > 1 to the next.
+MONOTONE_SLACK = 0.01
+#: C11: absolute gap always tolerated between a median and its theory line.
+THEORY_ABSOLUTE_GAP = 0.03
+#: C11: further tolerance, in standard errors of the median over seeds.
+THEORY_STANDARD_ERRORS = 3.0
+#: C12/C13: risks are compared at n/d at least this.
+RISK_MIN_RATIO = 2.0
+
+
+def _undecided(reason: str) -> Verdict:
+    return Verdict(holds=None, evidence={}, summary=reason)
+
+
+def _round(value: float) -> float:
+    return float(np.round(value, 4)) if value == value else math.nan
+
+
+def _median(rows: pd.DataFrame, column: str) -> float:
+    return float(rows[column].median())
+
+
+# -- C9 ---------------------------------------------------------------------------------------
+
+
+def decide_sgd_bias(table: pd.DataFrame) -> Verdict:
+    """C9: at the largest n/d and every κ > 1, sgd's spike aligns more with Σβ⋆ than with β⋆,
+    and its median alignment with β⋆ lies below the instance's cap cos(Σβ⋆, β⋆)."""
+    rows = table[(table["algorithm"] == "sgd") & (table["kappa"] > 1)]
+    if rows.empty:
+        return _undecided("no sgd rows with kappa > 1")
+    rows = rows[rows["n_over_d"] == rows["n_over_d"].max()]
+    evidence, holds = {"n_over_d": float(rows["n_over_d"].iloc[0])}, True
+    for kappa, group in rows.groupby("kappa"):
+        beta = _median(group, "spike_align_beta")
+        sigma_beta = _median(group, "spike_align_sigma_beta")
+        below_cap = float((group["spike_align_beta"] - group["theory_cap"]).median())
+        evidence[f"kappa={kappa:g}"] = {
+            "align_beta": _round(beta),
+            "align_sigma_beta": _round(sigma_beta),
+            "cap": _round(_median(group, "theory_cap")),
+            "median_align_minus_cap": _round(below_cap),
+        }
+        holds &= sigma_beta > beta and below_cap < 0
+    parts = [
+        f"κ={key.split('=')[1]}: cos(u,β⋆)={v['align_beta']}, cos(u,Σβ⋆)={v['align_sigma_beta']}, "
+        f"cap={v['cap']}"
+        for key, v in evidence.items()
+        if key.startswith("kappa")
+    ]
+    return Verdict(
+        holds=bool(holds),
+        evidence=evidence,
+        summary=f"sgd spike at n/d={evidence['n_over_d']:g}: " + "; ".join(parts),
+    )
+
+
+# -- C10 --------------------------------------------------------------------------------------
+
+
+def decide_kfac_alignment(table: pd.DataFrame) -> Verdict:
+    """C10: for every κ, kfac's median spike alignment with β⋆ at the largest n/d is at least
+    :data:`KFAC_ALIGNED` and does not decrease (beyond :data:`MONOTONE_SLACK`) over n/d > 1."""
+    rows = table[table["algorithm"] == "kfac"]
+    if rows.empty:
+        return _undecided("no kfac rows")
+    if set(rows["link"]) != {"tanh"}:
+        return _undecided(f"C10 is stated for the tanh link; table has {sorted(set(rows['link']))}")
+    evidence, holds = {}, True
+    largest = rows["n_over_d"].max()
+    for kappa, group in rows.groupby("kappa"):
+        medians = group.groupby("n_over_d")["spike_align_beta"].median()
+        above_one = medians[medians.index > 1]
+        monotone = bool((above_one.diff().dropna() >= -MONOTONE_SLACK).all())
+        final = float(medians.loc[largest])
+        evidence[f"kappa={kappa:g}"] = {
+            "median_by_n_over_d": {f"{k:g}": _round(v) for k, v in medians.items()},
+            "monotone_over_n_over_d_gt_1": monotone,
+        }
+        holds &= final >= KFAC_ALIGNED and monotone
+    finals = ", ".join(
+        f"{key}: {v['median_by_n_over_d'][f'{largest:g}']}" for key, v in evidence.items()
+    )
+    return Verdict(
+        holds=bool(holds),
+        evidence={"n_over_d": float(largest), "threshold": KFAC_ALIGNED, **evidence},
+        summary=f"kfac spike cos(u,β⋆) at n/d={largest:g} ({finals}); threshold {KFAC_ALIGNED}",
+    )
+
+
+# -- C11 --------------------------------------------------------------------------------------
+
+
+def _theory_gaps(rows: pd.DataFrame, column: str, keys: list[str]) -> pd.DataFrame:
+    """Per grid point: |median − theory| and its tolerance (absolute + standard errors)."""
+    records = []
+    for point, group in rows.groupby(keys):
+        values = group[column].dropna()
+        theory = group["theory_align_beta"].median()
+        # Standard error of the median of a normal sample: √(π/2)·std/√seeds.
+        spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        standard_error = math.sqrt(math.pi / 2) * spread / math.sqrt(max(len(values), 1))
+        gap = abs(float(values.median()) - float(theory))
+        records.append(
+            dict(
+                zip(keys, point if isinstance(point, tuple) else (point,), strict=True),
+                gap=gap,
+                tolerance=THEORY_ABSOLUTE_GAP + THEORY_STANDARD_ERRORS * standard_error,
+            )
+        )
+    return pd.DataFrame(records)
+
+
+def decide_theory_match(table: pd.DataFrame) -> Verdict:
+    """C11: at every grid point, for sgd and kfac, the median over seeds of cos(v, β⋆) (the
+    vector the theory describes) and of cos(u, β⋆) (the spike of ΔW) are within
+    :data:`THEORY_ABSOLUTE_GAP` + :data:`THEORY_STANDARD_ERRORS` standard errors of the theory."""
+    rows = table[table["algorithm"].isin(["sgd", "kfac"]) & table["theory_align_beta"].notna()]
+    if rows.empty:
+        return _undecided("no sgd/kfac rows with a theory value")
+    # The label separates kfac at several dampings.
+    keys = ["method", "kappa", "n_over_d"]
+    evidence, holds = {}, True
+    for column, name in (("v_align_beta", "vector"), ("spike_align_beta", "spike")):
+        gaps = _theory_gaps(rows, column, keys)
+        worst = gaps.loc[(gaps["gap"] - gaps["tolerance"]).idxmax()]
+        failing = int((gaps["gap"] > gaps["tolerance"]).sum())
+        evidence[name] = {
+            "max_gap": _round(float(gaps["gap"].max())),
+            "points_outside_tolerance": failing,
+            "points": len(gaps),
+            "worst_point": {
+                k: (_round(v) if isinstance(v, float) else v) for k, v in worst.items()
+            },
+        }
+        holds &= failing == 0
+    summary = "; ".join(
+        f"{name}: max |median − theory| = {v['max_gap']}, {v['points_outside_tolerance']}/"
+        f"{v['points']} points outside tolerance"
+        for name, v in evidence.items()
+    )
+    return Verdict(holds=bool(holds), evidence=evidence, summary=summary)
+
+
+# -- C12, C13 ---------------------------------------------------------------------------------
+
+
+def _risk_medians(table: pd.DataFrame) -> pd.DataFrame:
+    """Median excess risk per (κ, n/d) × method, at n/d >= RISK_MIN_RATIO."""
+    rows = table[table["n_over_d"] >= RISK_MIN_RATIO]
+    return rows.groupby(["kappa", "n_over_d", "method"])["excess_risk"].median().unstack("method")
+
+
+def _risk_evidence(medians: pd.DataFrame, methods: list[str]) -> dict:
+    return {
+        f"kappa={kappa:g},n/d={ratio:g}": {
+            m: _round(float(medians.loc[(kappa, ratio), m])) for m in methods
+        }
+        for kappa, ratio in medians.index
+    }
+
+
+def decide_risk_order(table: pd.DataFrame) -> Verdict:
+    """C12: at every n/d >= :data:`RISK_MIN_RATIO` with κ > 1, the median excess risk after the
+    readout orders kfac < sgd < rf."""
+    medians = _risk_medians(table[table["kappa"] > 1])
+    needed = ["kfac", "sgd", "rf"]
+    if medians.empty or any(m not in medians.columns for m in needed):
+        return _undecided(f"needs methods {needed} at n/d >= {RISK_MIN_RATIO} and kappa > 1")
+    ordered = (medians["kfac"] < medians["sgd"]) & (medians["sgd"] < medians["rf"])
+    evidence = _risk_evidence(medians, needed)
+    return Verdict(
+        holds=bool(ordered.all()),
+        evidence=evidence,
+        summary=f"median excess risk kfac < sgd < rf at {int(ordered.sum())}/{len(ordered)} "
+        f"points: " + "; ".join(f"{k}: {v}" for k, v in evidence.items()),
+    )
+
+
+def decide_adam_batchnorm(table: pd.DataFrame) -> Verdict:
+    """C13: at every n/d >= :data:`RISK_MIN_RATIO` with κ > 1, neither adam's nor batchnorm's
+    median excess risk is below kfac's; the evidence also says whether batchnorm is worse than
+    sgd (hurts) at each point."""
+    medians = _risk_medians(table[table["kappa"] > 1])
+    needed = ["kfac", "adam", "batchnorm", "sgd"]
+    if medians.empty or any(m not in medians.columns for m in needed):
+        return _undecided(f"needs methods {needed} at n/d >= {RISK_MIN_RATIO} and kappa > 1")
+    not_better = (medians["adam"] >= medians["kfac"]) & (medians["batchnorm"] >= medians["kfac"])
+    hurts = medians["batchnorm"] > medians["sgd"]
+    evidence = _risk_evidence(medians, needed)
+    evidence["batchnorm_worse_than_sgd_at"] = int(hurts.sum())
+    evidence["points"] = len(hurts)
+    return Verdict(
+        holds=bool(not_better.all()),
+        evidence=evidence,
+        summary=f"adam and batchnorm not better than kfac at {int(not_better.sum())}/"
+        f"{len(not_better)} points; batchnorm worse than sgd at {int(hurts.sum())}/{len(hurts)}: "
+        + "; ".join(f"{k}: {v}" for k, v in evidence.items() if k.startswith("kappa")),
+    )

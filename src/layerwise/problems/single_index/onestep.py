@@ -1,0 +1,185 @@
+r"""The two-layer network and its one large first-layer step (SPEC.md §3).
+
+Network: ``f(x) = (1/√N) aᵀ σ(W x)``, W (N × d), a (N,) fixed during the step. One-step loss
+on the batch (X, y) of n samples:
+
+    L̂(W) = (1/2n) Σi (yi − f(xi))²
+    ∇W L̂ = −(1/(n√N)) [(a 1ᵀ) ⊙ σ'(W Xᵀ)] diag(r) X,        r = y − f(X)       (N × d)
+
+Steps (``ΔW = W1 − W0``; η = lr·√N, so ``η √N ∇W = lr·N·∇W``):
+
+    sgd        ΔW = −η √N ∇W L̂(W0)
+    kfac       ΔW = −η √N ∇W L̂(W0) (Σ̂x + λG I)⁻¹        (Σ̂x = XᵀX/n; right factor only)
+    adam       ΔW = −s sign(∇W L̂(W0)),  s = ‖ΔW_sgd‖F / ‖sign(∇W L̂)‖F
+    batchnorm  the sgd step of the network (1/√N) aᵀσ(BN(W x)), BN over the batch, no affine
+    rf         ΔW = 0
+    oracle     W1 = s β⋆ᵀ, s ~ N(0, I_N)
+
+To leading order σ'(W0 x) ≈ μ1 = E σ'(·), so the sgd step is the rank-one spike
+``lr·√N·μ1 a vᵀ`` with ``v = X1ᵀ(y1 − f0)/n`` and the kfac step replaces v by
+``(Σ̂x + λG I)⁻¹ v``; :mod:`.theory` predicts the direction of v.
+
+All functions take tensors with a leading seed axis S: X (S, n, d), y (S, n), W (S, N, d),
+a (S, N).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .settings import Activation
+
+
+def activation_function(activation: Activation | str, z: Tensor) -> Tensor:
+    """σ(z) of the student."""
+    match Activation(activation):
+        case Activation.TANH:
+            return torch.tanh(z)
+        case Activation.RELU:
+            return torch.relu(z)
+        case other:  # pragma: no cover
+            raise ValueError(f"unknown activation {other!r}")
+
+
+def activation_derivative(activation: Activation | str, z: Tensor) -> Tensor:
+    """σ'(z) of the student (ReLU: the indicator z > 0)."""
+    match Activation(activation):
+        case Activation.TANH:
+            return 1.0 - torch.tanh(z) ** 2
+        case Activation.RELU:
+            return (z > 0).to(z.dtype)
+        case other:  # pragma: no cover
+            raise ValueError(f"unknown activation {other!r}")
+
+
+def network_output(w: Tensor, a: Tensor, x: Tensor, activation: Activation | str) -> Tensor:
+    """f(X) = σ(X Wᵀ) a / √N, shape (S, n)."""
+    width = w.shape[-2]
+    features = activation_function(activation, x @ w.transpose(-1, -2))
+    return (features @ a.unsqueeze(-1)).squeeze(-1) / math.sqrt(width)
+
+
+def one_step_loss(
+    w: Tensor, a: Tensor, x: Tensor, y: Tensor, activation: Activation | str
+) -> Tensor:
+    """L̂(W) = (1/2n) ‖y − f(X)‖² per seed, shape (S,)."""
+    residual = y - network_output(w, a, x, activation)
+    return 0.5 * (residual**2).mean(dim=-1)
+
+
+def loss_gradient(
+    w: Tensor, a: Tensor, x: Tensor, y: Tensor, activation: Activation | str
+) -> Tensor:
+    """∇W L̂(W) in closed form (module docstring), shape (S, N, d)."""
+    n, width = x.shape[-2], w.shape[-2]
+    pre = x @ w.transpose(-1, -2)  # (S, n, N)
+    residual = y - (activation_function(activation, pre) @ a.unsqueeze(-1)).squeeze(-1) / (
+        math.sqrt(width)
+    )
+    weights = activation_derivative(activation, pre) * residual.unsqueeze(-1) * a.unsqueeze(-2)
+    return -(weights.transpose(-1, -2) @ x) / (n * math.sqrt(width))
+
+
+def sgd_step(
+    w: Tensor, a: Tensor, x: Tensor, y: Tensor, *, lr: float, activation: Activation | str
+) -> Tensor:
+    """ΔW = −η √N ∇W L̂(W0) with η = lr·√N, shape (S, N, d)."""
+    width = w.shape[-2]
+    return -lr * width * loss_gradient(w, a, x, y, activation)
+
+
+def empirical_covariance(x: Tensor) -> Tensor:
+    """Σ̂x = XᵀX/n, shape (S, d, d)."""
+    return x.transpose(-1, -2) @ x / x.shape[-2]
+
+
+def kfac_step(
+    w: Tensor,
+    a: Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
+    lr: float,
+    damping: float,
+    activation: Activation | str,
+    right_factor: Tensor | None = None,
+) -> Tensor:
+    """ΔW = −η √N ∇W L̂(W0) (R + λG I)⁻¹ with R = Σ̂x unless ``right_factor`` is given.
+
+    R + λG I is symmetric positive definite (λG > 0 or n > d), so the solve uses a Cholesky
+    factor; a singular R without damping raises ``torch.linalg.LinAlgError``.
+    """
+    d = x.shape[-1]
+    factor = empirical_covariance(x) if right_factor is None else right_factor
+    damped = factor + damping * torch.eye(d, dtype=x.dtype, device=x.device)
+    chol = torch.linalg.cholesky(damped)
+    step = sgd_step(w, a, x, y, lr=lr, activation=activation)
+    # ΔW (R + λI)⁻¹ = ((R + λI)⁻¹ ΔWᵀ)ᵀ since R + λI is symmetric.
+    return torch.cholesky_solve(step.transpose(-1, -2), chol).transpose(-1, -2)
+
+
+def adam_step(
+    w: Tensor, a: Tensor, x: Tensor, y: Tensor, *, lr: float, activation: Activation | str
+) -> Tensor:
+    """One Adam step from zero state, ΔW = −s·sign(∇W L̂), scaled to the sgd step's norm."""
+    sgd = sgd_step(w, a, x, y, lr=lr, activation=activation)
+    direction = torch.sign(sgd)
+    scale = torch.linalg.matrix_norm(sgd) / torch.linalg.matrix_norm(direction).clamp_min(1e-300)
+    return direction * scale[..., None, None]
+
+
+BATCHNORM_EPS = 1e-12
+
+
+def batchnorm(pre: Tensor, mean: Tensor | None = None, std: Tensor | None = None) -> Tensor:
+    """Normalize pre-activations (S, n, N) per neuron with the batch statistics (or the given
+    ``mean``, ``std`` of shape (S, 1, N)); no affine parameters."""
+    if mean is None or std is None:
+        mean = pre.mean(dim=-2, keepdim=True)
+        std = (pre.var(dim=-2, unbiased=False, keepdim=True) + BATCHNORM_EPS).sqrt()
+    return (pre - mean) / std
+
+
+def batchnorm_step(
+    w: Tensor, a: Tensor, x: Tensor, y: Tensor, *, lr: float, activation: Activation | str
+) -> Tensor:
+    """ΔW = −η √N ∇W L̂_BN(W0) for f(x) = (1/√N) aᵀσ(BN(W x)); the gradient through the batch
+    statistics is taken by autograd."""
+    width = w.shape[-2]
+    w_var = w.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        features = activation_function(activation, batchnorm(x @ w_var.transpose(-1, -2)))
+        output = (features @ a.unsqueeze(-1)).squeeze(-1) / math.sqrt(width)
+        # Seeds are independent, so the gradient of the sum is the per-seed gradient.
+        loss = (0.5 * ((y - output) ** 2).mean(dim=-1)).sum()
+        (gradient,) = torch.autograd.grad(loss, w_var)
+    return -lr * width * gradient
+
+
+def oracle_weights(beta: Tensor, scales: Tensor) -> Tensor:
+    """W1 = s β⋆ᵀ: rows along β⋆ with scales s (S, N), shape (S, N, d)."""
+    return scales.unsqueeze(-1) * beta.unsqueeze(-2)
+
+
+class TwoLayerNetwork(nn.Module):
+    """The ``nn.Module`` form of one seed's network: ``f(x) = (1/√N) aᵀ σ(W x)``.
+
+    ``first`` is an ``nn.Linear(d, N, bias=False)`` holding W (the only parameter); ``a`` is a
+    buffer (fixed during the step). ``forward`` maps (n, d) to (n,).
+    """
+
+    def __init__(self, w0: Tensor, a: Tensor, activation: Activation | str) -> None:
+        super().__init__()
+        width, d = w0.shape
+        self.first = nn.Linear(d, width, bias=False, dtype=w0.dtype, device=w0.device)
+        with torch.no_grad():
+            self.first.weight.copy_(w0)
+        self.register_buffer("a", a.clone())
+        self.activation = Activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        width = self.first.weight.shape[0]
+        return activation_function(self.activation, self.first(x)) @ self.a / math.sqrt(width)

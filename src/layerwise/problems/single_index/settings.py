@@ -1,0 +1,221 @@
+"""Typed settings of the single-index problem and the hyperparameters of its one-step methods.
+
+Every model is frozen and refuses unknown fields (``extra="forbid"``), so a misspelt key in a
+config fails before anything runs, naming the field. Conventions (SPEC.md §3):
+
+- ``n = round(n_over_d · d)`` samples in the step batch (X1, y1); the readout batch (X2, y2) has
+  ``round(readout_over_d · d)`` samples (default: the same n);
+- ``N = round(width_over_d · d)`` neurons;
+- ``kappa`` is the condition number λmax/λmin of Σ for every covariance family;
+- every step is ``W1 = W0 + ΔW``; the step sizes are ``η = lr·√N`` (Ba et al.'s large step,
+  η = Θ(√N)), so that ``lr = O(1)`` moves each neuron by O(1).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Link(StrEnum):
+    """The teacher's link σ⋆ (all have a non-zero first Hermite coefficient)."""
+
+    TANH = "tanh"
+    RELU = "relu"
+    HE1_HE2 = "he1_he2"  # He1(z) + He2(z)/√2
+
+
+class Activation(StrEnum):
+    """The student's activation σ."""
+
+    TANH = "tanh"
+    RELU = "relu"
+
+
+class CovarianceFamily(StrEnum):
+    """Families of Σ, each with condition number ``kappa``.
+
+    - ``log_spaced``: eigenvalues log-spaced in [1/κ, 1];
+    - ``spiked``: I + (κ − 1) q qᵀ (one eigenvalue κ, the rest 1);
+    - ``power_law``: λi = i^(−α), α = ln κ / ln d, so that λ1/λd = κ.
+    """
+
+    LOG_SPACED = "log_spaced"
+    SPIKED = "spiked"
+    POWER_LAW = "power_law"
+
+
+class TargetDirection(StrEnum):
+    """How β⋆ is drawn (always normalized so that β⋆ᵀΣβ⋆ = 1).
+
+    - ``random``: Gaussian;
+    - ``aligned``: the top eigenvector of Σ;
+    - ``orthogonal``: Gaussian, projected off the top ⌈d/10⌉ eigenvectors of Σ.
+    """
+
+    RANDOM = "random"
+    ALIGNED = "aligned"
+    ORTHOGONAL = "orthogonal"
+
+
+class SecondLayer(StrEnum):
+    """The fixed second layer a: i.i.d. N(0, 1/N) or ±1/√N."""
+
+    GAUSSIAN = "gaussian"
+    SIGN = "sign"
+
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class SingleIndexSettings(BaseModel):
+    """One problem instance family: data, network and readout sizes (SPEC.md §3)."""
+
+    model_config = _FROZEN
+
+    d: int = Field(128, description="input dimension")
+    n_over_d: float = Field(2.0, description="step batch size over d")
+    width_over_d: float = Field(1.0, description="number of neurons N over d")
+    kappa: float = Field(1.0, description="condition number of Σ")
+    covariance: CovarianceFamily = CovarianceFamily.LOG_SPACED
+    rotated: bool = Field(True, description="Haar-random eigenvectors (else axis-aligned)")
+    target: TargetDirection = TargetDirection.RANDOM
+    link: Link = Link.TANH
+    activation: Activation = Activation.TANH
+    noise_std: float = Field(0.0, description="label noise σε")
+    second_layer: SecondLayer = SecondLayer.GAUSSIAN
+    readout_over_d: float | None = Field(None, description="readout batch over d (None: n)")
+    n_validation: int = Field(1024, description="samples to choose the ridge penalty")
+    n_test: int = Field(4096, description="samples for test MSE and excess risk")
+    ridge_grid: tuple[float, ...] = Field(
+        (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0), description="ridge penalties tried"
+    )
+
+    @field_validator("d", "n_validation", "n_test")
+    @classmethod
+    def _positive_int(cls, value: int, info) -> int:
+        if value < 1:
+            raise ValueError(f"{info.field_name} must be >= 1, got {value}")
+        return value
+
+    @field_validator("n_over_d", "width_over_d", "readout_over_d")
+    @classmethod
+    def _positive_ratio(cls, value: float | None, info) -> float | None:
+        if value is not None and not value > 0:
+            raise ValueError(f"{info.field_name} must be > 0, got {value}")
+        return value
+
+    @field_validator("kappa")
+    @classmethod
+    def _condition_number(cls, value: float) -> float:
+        if not value >= 1:
+            raise ValueError(f"kappa (a condition number) must be >= 1, got {value}")
+        return value
+
+    @field_validator("noise_std")
+    @classmethod
+    def _noise(cls, value: float) -> float:
+        if not value >= 0:
+            raise ValueError(f"noise_std must be >= 0, got {value}")
+        return value
+
+    @field_validator("ridge_grid")
+    @classmethod
+    def _ridge_grid(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not penalty > 0 for penalty in value):
+            raise ValueError(f"ridge_grid must be a non-empty list of penalties > 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SingleIndexSettings:
+        for name, size in (("n_over_d", self.n), ("width_over_d", self.width)):
+            if size < 1:
+                raise ValueError(f"{name} gives fewer than one sample/neuron at d={self.d}")
+        if self.readout_size < 1:
+            raise ValueError(f"readout_over_d gives an empty readout batch at d={self.d}")
+        return self
+
+    @property
+    def n(self) -> int:
+        """Samples in the step batch."""
+        return round(self.n_over_d * self.d)
+
+    @property
+    def width(self) -> int:
+        """Neurons N."""
+        return round(self.width_over_d * self.d)
+
+    @property
+    def readout_size(self) -> int:
+        """Samples in the readout batch."""
+        ratio = self.n_over_d if self.readout_over_d is None else self.readout_over_d
+        return round(ratio * self.d)
+
+
+class _StepParams(BaseModel):
+    model_config = _FROZEN
+
+    lr: float = Field(1.0, description="η/√N")
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"lr must be > 0, got {value}")
+        return value
+
+
+class SgdParams(_StepParams):
+    """``W1 = W0 − η √N ∇W L̂(W0)``, η = lr·√N."""
+
+
+class KfacParams(_StepParams):
+    """``W1 = W0 − η √N ∇W L̂(W0) (Σ̂x + λG I)⁻¹`` with λG = ``damping`` (absolute).
+
+    Damping is required when n ≤ d (Σ̂x is singular); the run refuses that combination.
+    """
+
+    damping: float = Field(0.0, description="λG, added to Σ̂x")
+
+    @field_validator("damping")
+    @classmethod
+    def _damping(cls, value: float) -> float:
+        if not value >= 0:
+            raise ValueError(f"damping must be >= 0, got {value}")
+        return value
+
+
+class AdamParams(_StepParams):
+    """One Adam step from zero state: ΔW = −s·sign(∇W L̂).
+
+    From zero moments the bias-corrected Adam update is g/(|g| + ε) ≈ sign(g) (ε → 0). Scaling
+    rule: s is chosen so that ‖ΔW‖F equals the Frobenius norm of the sgd step with the same
+    ``lr``, i.e. s = ‖ΔW_sgd‖F / √(N d) when no gradient entry is zero.
+    """
+
+
+class BatchNormParams(_StepParams):
+    """The sgd step on the network (1/√N) aᵀσ(BN(W x)), BN without affine parameters."""
+
+
+class RandomFeaturesParams(BaseModel):
+    """No step: W1 = W0 (random features)."""
+
+    model_config = _FROZEN
+
+
+class OracleParams(BaseModel):
+    """Rows of W1 along β⋆: w_i = s_i β⋆ with s_i ~ N(0, 1) (so ⟨w_i, x⟩ ~ N(0, s_i²))."""
+
+    model_config = _FROZEN
+
+
+METHOD_MODELS: dict[str, type[BaseModel]] = {
+    "sgd": SgdParams,
+    "kfac": KfacParams,
+    "adam": AdamParams,
+    "batchnorm": BatchNormParams,
+    "rf": RandomFeaturesParams,
+    "oracle": OracleParams,
+}
