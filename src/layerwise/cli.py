@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # stored with the results
     match args.command:
         case "list":
             return command_list()
@@ -147,12 +148,15 @@ def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int
     from layerwise.experiments.runner import check_device, run_experiment
 
     try:
-        check_device(args.device)
-        executor = make_executor(args.executor, workers=args.workers, address=args.address)
+        # A Ray cluster's GPUs may be on other nodes than this one: Ray places the runs.
+        check_device(args.device, here=args.executor == "local" or args.address is None)
+        executor = make_executor(
+            args.executor, workers=args.workers, address=args.address, device=args.device
+        )
     except (ConfigError, ExecutorError) as error:
         return _refuse(error)
     out_dir = _default_out(args)
-    command = ["layerwise", *sys.argv[1:]] if sys.argv else None
+    command = ["layerwise", *args.argv]
     failed = 0
     with executor:
         for config in configs:
@@ -186,9 +190,10 @@ def command_report(out_dir: Path) -> int:
     if not store.stored_experiments(out_dir):
         return _refuse(ValueError(f"{out_dir}: no stored experiments (no */config.json)"))
     written = write_report(out_dir)
+    width = max((len(claim.id) for claim in written.claims), default=0)
     for claim in written.claims:
         verdict = VERDICT_WORDS[claim.verdict.holds]
-        print(f"{claim.id:6} {verdict:14} {claim.experiment}: {claim.verdict.summary}")
+        print(f"{claim.id:{width}}  {verdict:13}  {claim.experiment}: {claim.verdict.summary}")
     for kind, path in written.paths.items():
         print(f"{kind}: {path}")
     return EXIT_OK

@@ -379,12 +379,11 @@ def _validate_point(
     try:
         return problem.settings_model(**{**settings, **values})
     except ValidationError as error:
-        first = error.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        if field in values:
-            path = f"{grid_path}.{field}"
-        elif field:
-            path = f"settings.{field}"
+        loc = [str(part) for part in error.errors()[0]["loc"]]
+        if loc and loc[0] in values:
+            path = ".".join([grid_path, *loc])
+        elif loc:
+            path = ".".join(["settings", *loc])
         else:
             point = ", ".join(f"{k}={v!r}" for k, v in values.items())
             path = f"settings (grid point {point})" if point else "settings"
@@ -453,4 +452,7 @@ def _config_error(
     if first["type"] == "missing":
         return ConfigError(source, path, "missing required field")
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:
+        # A check across fields (k <= d): the path already names the point, the message the values.
+        return ConfigError(source, path, message)
     return ConfigError(source, path, f"value {first['input']!r}: {message}")

@@ -76,6 +76,18 @@ def execute(job: Job) -> Outcome:
     return Outcome(job.run_id, table, None, time.perf_counter() - start)
 
 
+def _collect(future: Future, job: Job) -> Outcome | None:
+    """The outcome of a settled future; None if its worker process died under it."""
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if isinstance(error, BrokenProcessPool):
+        return None
+    # The pool could not even hand the job over (e.g. an unpicklable run function).
+    text = "".join(traceback.format_exception(error))
+    return Outcome(job.run_id, None, text, 0.0)
+
+
 def _init_worker() -> None:
     import torch
 
@@ -119,8 +131,9 @@ class InProcessExecutor(Executor):
 def _process_context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        # Workers fork from a server that has already imported torch: fast worker start.
-        context.set_forkserver_preload(["torch", "pandas", __name__])
+        # Workers fork from a server that has already imported torch (and torch._dynamo, which
+        # the first optimizer step imports): a worker starts in milliseconds, not seconds.
+        context.set_forkserver_preload(["torch", "torch._dynamo", "pandas", __name__])
         return context
     return multiprocessing.get_context("spawn")
 
@@ -156,19 +169,33 @@ class LocalExecutor(Executor):
             while pending or in_flight:
                 if pool is None:
                     pool = self._new_pool(size)
-                while pending and len(in_flight) < size:
-                    job = pending.popleft()
-                    in_flight[pool.submit(execute, job)] = job
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 broken = False
-                for future in done:
-                    if isinstance(future.exception(), BrokenProcessPool):
+                while pending and len(in_flight) < size and not broken:
+                    job = pending.popleft()
+                    try:
+                        in_flight[pool.submit(execute, job)] = job
+                    except BrokenProcessPool:
+                        # A worker died since the last wait: the job never started.
+                        pending.appendleft(job)
                         broken = True
-                        continue
-                    in_flight.pop(future)
-                    yield future.result()
+                if not broken:
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        outcome = _collect(future, in_flight[future])
+                        if outcome is None:
+                            broken = True
+                        else:
+                            del in_flight[future]
+                            yield outcome
                 if broken:
-                    suspects = list(in_flight.values())
+                    wait(in_flight)  # a broken pool settles every future it holds
+                    suspects = []
+                    for future, job in in_flight.items():
+                        outcome = _collect(future, job)
+                        if outcome is None:
+                            suspects.append(job)
+                        else:
+                            yield outcome
                     in_flight.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = None
@@ -182,10 +209,12 @@ class LocalExecutor(Executor):
     def _retry_alone(self, job: Job) -> Outcome:
         start = time.perf_counter()
         with self._new_pool(1) as pool:
-            try:
-                return pool.submit(execute, job).result()
-            except BrokenProcessPool:
-                return Outcome(job.run_id, None, WORKER_DIED, time.perf_counter() - start)
+            future = pool.submit(execute, job)
+            wait([future])
+            outcome = _collect(future, job)
+        if outcome is None:
+            return Outcome(job.run_id, None, WORKER_DIED, time.perf_counter() - start)
+        return outcome
 
 
 def _ray_execute(job: Job) -> Outcome:
@@ -194,15 +223,18 @@ def _ray_execute(job: Job) -> Outcome:
 
 
 class RayExecutor(Executor):
-    """Ray tasks of one CPU each. Without ``address`` a local Ray instance is started (with
-    ``workers`` CPUs) and shut down on :meth:`close`; with one, the cluster is joined.
+    """Ray tasks of one CPU (and ``gpus_per_run`` GPUs) each. Without ``address`` a local Ray
+    instance is started (with ``workers`` CPUs) and shut down on :meth:`close`; with one, the
+    cluster is joined.
 
     Every node needs this package installed (the run functions are imported by name).
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, workers: int | None = None):
+    def __init__(
+        self, address: str | None = None, workers: int | None = None, gpus_per_run: float = 0
+    ):
         try:
             import ray
         except ImportError:
@@ -222,7 +254,7 @@ class RayExecutor(Executor):
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise ExecutorError(f"could not start Ray (address={address!r}): {error}") from None
             self._started = True
-        self._remote = ray.remote(num_cpus=1, max_retries=1)(_ray_execute)
+        self._remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=1)(_ray_execute)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -254,8 +286,13 @@ class RayExecutor(Executor):
             self._started = False
 
 
-def make_executor(kind: str, *, workers: int | None = None, address: str | None = None) -> Executor:
-    """The executor for ``--executor kind``; ``workers`` defaults to ``os.cpu_count()``."""
+def make_executor(
+    kind: str, *, workers: int | None = None, address: str | None = None, device: str = "cpu"
+) -> Executor:
+    """The executor for ``--executor kind``; ``workers`` defaults to ``os.cpu_count()``.
+
+    On Ray, runs on a CUDA ``device`` each reserve one GPU (so Ray places them on GPU nodes).
+    """
     if workers is not None and workers < 1:
         raise ExecutorError(f"--workers must be >= 1, got {workers}")
     match kind:
@@ -265,6 +302,9 @@ def make_executor(kind: str, *, workers: int | None = None, address: str | None 
             count = workers or os.cpu_count() or 1
             return InProcessExecutor() if count == 1 else LocalExecutor(count)
         case "ray":
-            return RayExecutor(address=address, workers=workers or os.cpu_count())
+            gpus = 1 if device.startswith("cuda") else 0
+            return RayExecutor(
+                address=address, workers=workers or os.cpu_count(), gpus_per_run=gpus
+            )
         case _:
             raise ExecutorError(f"--executor: unknown executor {kind!r}; known: local, ray")

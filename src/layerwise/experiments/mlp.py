@@ -10,9 +10,10 @@ Student. :math:`f(x) = A \\tanh(W x)` without biases (every parameter is a matri
 layer-wise optimizer preconditions all of them), ``W`` of shape ``hidden × d_in`` and ``A`` of
 shape ``d_out × hidden``, initialised with entries :math:`N(0, 1/\\text{fan\\_in})`.
 
-Training. ``steps`` minibatch steps on :math:`\\tfrac12 \\cdot` mean squared error (``loss =
-0.5 * mean((f(x) - y)^2)`` over the batch and the outputs), minibatches of ``batch_size``
-training indices drawn with replacement. Everything is float64.
+Training. ``steps`` minibatch steps on the mean squared error ``mean((f(x) - y)^2)`` over the
+batch and the outputs (``torch.nn.functional.mse_loss``, the loss KFAC's ``loss="mse"``
+means), minibatches of ``batch_size`` training indices drawn with replacement. Everything is
+float64.
 
 Pairing. Teacher, data, initialisation and minibatch order come from three independent
 streams of ``numpy.random.SeedSequence(seed)``, so for a given seed every method sees the same
@@ -20,7 +21,7 @@ instance, the same starting point and the same batches.
 
 Rows: one per (method, seed, step) for steps ``0, eval_every, 2·eval_every, …, steps``, with
 ``train_loss`` (on the whole training set) and ``test_loss`` (held out), both the mean squared
-error (without the ½).
+error.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class LayerwiseParams(_Params):
 class KFACParams(_Params):
     lr: float = Field(0.1, gt=0)
     curvature: Literal["empirical", "mc_fisher", "ggn"] = "ggn"
+    exact: bool = False
 
 
 OptimizerFactory = Callable[[torch.nn.Module, BaseModel], torch.optim.Optimizer]
@@ -121,7 +123,7 @@ def _on_parameters(cls) -> OptimizerFactory:
 
 def _on_model(cls) -> OptimizerFactory:
     # KFAC must see the layers' activations, so it takes the model.
-    return lambda net, p: cls(net, lr=p.lr, curvature=p.curvature, loss="mse")
+    return lambda net, p: cls(net, lr=p.lr, curvature=p.curvature, loss="mse", exact=p.exact)
 
 
 #: algorithm -> (class in layerwise.optim, hyperparameter model, factory maker). A class this
@@ -212,7 +214,7 @@ def run(task: RunTask) -> pd.DataFrame:
                         settings.n_train, (settings.batch_size,), generator=batch_gen
                     ).to(device)
                     optimizer.zero_grad()
-                    loss = 0.5 * torch.mean((net(x[index]) - y[index]) ** 2)
+                    loss = torch.nn.functional.mse_loss(net(x[index]), y[index])
                     loss.backward()
                     optimizer.step()
                 if step % settings.eval_every == 0 or step == settings.steps:

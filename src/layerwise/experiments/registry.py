@@ -102,7 +102,9 @@ class Experiment:
     ``seeds_per_run``: how many seeds one :class:`RunTask` carries (problems vectorized over
     seeds use more than one). ``split_methods``: if True each method is its own run; if False
     one run carries all methods of the config (so they can share data and initialization).
-    ``figures`` maps a figure name to a function ``(table, out_dir) -> matplotlib Figure``.
+    ``figures`` maps a figure name to a function ``(table) -> matplotlib Figure`` (the report
+    saves it as ``<experiment>-<name>`` PNG and PDF), or ``(table, out_dir) -> paths`` for a
+    function that writes its own files (see :func:`layerwise.experiments.report.draw`).
     """
 
     name: str

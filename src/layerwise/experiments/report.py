@@ -198,7 +198,10 @@ def _evidence_text(evidence: Mapping[str, Any]) -> str:
 
 
 def _settings_yaml(record: Mapping[str, Any]) -> str:
-    resolved = record.get("resolved") or {}
+    resolved = dict(record.get("resolved") or {})
+    # The grid as configured is what a reader wants; the resolved points are only counted.
+    if "points" in resolved:
+        resolved["points"] = f"{len(resolved['points'])} grid point(s)"
     return yaml.safe_dump(store.to_json(resolved), sort_keys=False, width=100).strip()
 
 
@@ -224,6 +227,13 @@ def _facts(section: ExperimentSection) -> list[str]:
     return facts
 
 
+def _tally(claims: Sequence[ClaimResult]) -> str:
+    counts = {word: 0 for word in VERDICT_WORDS.values()}
+    for claim in claims:
+        counts[VERDICT_WORDS[claim.verdict.holds]] += 1
+    return f"{len(claims)} claims: " + ", ".join(f"{n} {word}" for word, n in counts.items())
+
+
 def _markdown_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -240,6 +250,8 @@ def render_markdown(
         f"Generated {generated} from the results stored in this folder.",
         "",
         "## Claims",
+        "",
+        _tally(claims),
         "",
         "| id | claim | experiment | verdict | evidence |",
         "|---|---|---|---|---|",
@@ -326,6 +338,7 @@ def render_html(
         f"<p>Generated {e(generated)} from the stored results. "
         '<span id="image-check" data-loaded="" data-total=""></span></p>',
         "<h2>Claims</h2>",
+        f"<p>{e(_tally(claims))}</p>",
         '<table id="claims"><thead><tr><th>id</th><th>claim</th><th>experiment</th>'
         "<th>verdict</th><th>evidence</th></tr></thead><tbody>",
     ]
@@ -335,8 +348,8 @@ def render_html(
             f'<tr class="{_ROW_CLASS[holds]}"><td>{e(claim.id)}</td><td>{e(claim.statement)}</td>'
             f"<td>{e(claim.experiment)}</td>"
             f'<td class="verdict">{e(VERDICT_WORDS[holds])}</td>'
-            f"<td>{e(claim.verdict.summary)}<br><code>"
-            f"{e(_evidence_text(claim.verdict.evidence))}</code></td></tr>"
+            f"<td>{e(claim.verdict.summary)}<details><summary>numbers</summary><code>"
+            f"{e(_evidence_text(claim.verdict.evidence))}</code></details></td></tr>"
         )
     parts.append("</tbody></table>")
     if not claims:

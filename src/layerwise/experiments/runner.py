@@ -118,8 +118,9 @@ def plan_runs(config: ResolvedConfig, device: str = "cpu") -> list[PlannedRun]:
     return list(planned.values())
 
 
-def check_device(device: str) -> None:
-    """Refuse a device this machine does not have (``cpu``, ``cuda`` or ``cuda:N``)."""
+def check_device(device: str, *, here: bool = True) -> None:
+    """Refuse an unknown device (``cpu``, ``cuda`` or ``cuda:N``), and with ``here`` one that
+    this machine does not have."""
     import torch
 
     kind, _, index = device.partition(":")
@@ -127,6 +128,8 @@ def check_device(device: str) -> None:
         return
     if kind != "cuda" or (index and not index.isdigit()):
         raise ConfigError("--device", "", f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if not here:
+        return
     if not torch.cuda.is_available():
         raise ConfigError(
             "--device", "", f"{device!r} requested but torch.cuda.is_available() is False"
@@ -257,7 +260,11 @@ def invocation_record(
         "config": config.merged,
         "resolved": {
             "settings": {k: v for k, v in first.items() if k not in config.grid_keys},
-            "grid": [dict(point.values) for point in config.points],
+            "grid": config.merged.get("grid", {}),
+            "points": [
+                {key: point.settings.model_dump(mode="json")[key] for key in config.grid_keys}
+                for point in config.points
+            ],
             "methods": _methods_json(config.methods),
             "seeds": list(config.seeds),
         },

@@ -5,8 +5,9 @@
 """
 
 from layerwise.optim.base import LayerwiseOptimizer
+from layerwise.optim.kfac import KFAC
 from layerwise.optim.muon import Muon
 from layerwise.optim.shampoo import Shampoo
 from layerwise.optim.soap import SOAP
 
-__all__ = ["SOAP", "LayerwiseOptimizer", "Muon", "Shampoo"]
+__all__ = ["KFAC", "SOAP", "LayerwiseOptimizer", "Muon", "Shampoo"]

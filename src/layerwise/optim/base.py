@@ -32,6 +32,7 @@ directions are checked again before they are written, so no NaN reaches a parame
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +51,13 @@ EXP_AVG = "exp_avg"
 EXP_AVG_SQ = "exp_avg_sq"
 MOMENTUM_BUFFER = "momentum_buffer"
 SKIPPED_STEPS = "skipped_steps"
+
+#: ``torch.profiler`` ranges around the three phases of a Kronecker block's step (statistics
+#: and their accumulation, the preconditioner refresh, the application with post-processing).
+#: They are opened only while a profiler runs, so they cost nothing otherwise.
+PROFILE_STATISTICS = "layerwise.statistics"
+PROFILE_REFRESH = "layerwise.refresh"
+PROFILE_APPLY = "layerwise.apply"
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
+    def finalize_updates(
+        self, updates: list[tuple[dict[str, Any], Block, Tensor]]
+    ) -> list[tuple[dict[str, Any], Block, Tensor]]:
+        """All ``(group, block, direction)`` of the step, before they are checked and applied:
+        the place for rules that couple layers (KFAC's KL clipping); default: unchanged."""
+        return updates
+
     # -- the step --------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -203,6 +218,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             config = self.kronecker_config(group) if any(b.kronecker for b in blocks) else None
             for block in blocks:
                 updates.append((group, block, self._direction(group, block, config)))
+        updates = self.finalize_updates(updates)
         if not _all_finite([direction for _, _, direction in updates]):
             self._skip(work, "non-finite update")
             return loss
@@ -244,12 +260,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         else:
             assert config is not None
             if config.uses_statistics and (step - 1) % group["statistics_every"] == 0:
-                left, right = self.statistics(group, block, config, grad)
-                kronecker.accumulate(config, state, left, right)
+                with _phase(PROFILE_STATISTICS):
+                    left, right = self.statistics(group, block, config, grad)
+                    kronecker.accumulate(config, state, left, right)
             if config.uses_statistics and (step - 1) % group["refresh_every"] == 0:
-                self.refresh(group, block, config, state)
-            direction = kronecker.apply(config, state, first_moment, grad=grad, step=step)
-            direction = self.postprocess(group, state, direction, first_moment, grad)
+                with _phase(PROFILE_REFRESH):
+                    self.refresh(group, block, config, state)
+            with _phase(PROFILE_APPLY):
+                direction = kronecker.apply(config, state, first_moment, grad=grad, step=step)
+                direction = self.postprocess(group, state, direction, first_moment, grad)
 
         if momentum and block.kronecker:  # the Adam path has its own first moment
             buffer = state.get(MOMENTUM_BUFFER)
@@ -325,6 +344,14 @@ _CHECKED_DEFAULTS = (
     "refresh_every",
     "statistics_every",
 )
+
+
+def _phase(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A profiler range named ``name`` while a profiler runs; otherwise a no-op."""
+    # The flag is private; where it is missing the range is always opened (a few µs).
+    if getattr(torch.autograd.profiler, "_is_profiler_enabled", True):
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()
 
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:

@@ -50,6 +50,7 @@ RIGHT_STATISTIC = "right_statistic"
 LEFT_PRECONDITIONER = "left_preconditioner"
 RIGHT_PRECONDITIONER = "right_preconditioner"
 EIGENBASIS_EXP_AVG_SQ = "eigenbasis_exp_avg_sq"
+EIGENBASIS_EXP_AVG = "eigenbasis_exp_avg"
 FAILED_REFRESHES = "failed_refreshes"
 CONSECUTIVE_FAILURES = "consecutive_failed_refreshes"
 
@@ -109,16 +110,28 @@ class EigenbasisAdam:
 
     ``V`` is kept across basis refreshes unchanged (Vyas et al., 2024, keep it as well; with
     eigenvectors sorted by eigenvalue the coordinates roughly correspond).
+
+    ``first_moment_decay`` (:math:`\beta_1`, optional) declares that the direction given to
+    :func:`apply` is the bias-corrected EMA :math:`M_t / (1 - \beta_1^t)`,
+    :math:`M_t = \beta_1 M_{t-1} + (1 - \beta_1) G_t`, of the gradients given with it (SOAP's
+    first moment). :math:`\tilde M` is then kept in the state between refreshes and updated
+    from :math:`\tilde G` by linearity (two products per step fewer; equal up to round-off),
+    and recomputed from the direction after each refresh.
     """
 
     beta2: float = 0.95
     epsilon: float = 1e-8
+    first_moment_decay: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta2 < 1.0:
             raise ValueError(f"beta2 must be in [0, 1), got {self.beta2}")
         if self.epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
+        if self.first_moment_decay is not None and not 0.0 <= self.first_moment_decay < 1.0:
+            raise ValueError(
+                f"first_moment_decay must be in [0, 1) or None, got {self.first_moment_decay}"
+            )
 
 
 class PolarMethod(enum.StrEnum):
@@ -130,17 +143,22 @@ class PolarMethod(enum.StrEnum):
 class Orthogonalize:
     r"""Apply :math:`X \mapsto \operatorname{polar}(X) = U V^\top` (Muon).
 
-    ``method``: exact SVD, or a Newton–Schulz iteration with the given coefficients and steps.
+    ``method``: exact SVD, or a Newton–Schulz iteration with the given coefficients and steps,
+    in ``compute_dtype`` (``None``: the direction's dtype; see
+    :func:`~layerwise.optim.matrix.newton_schulz_polar`).
     """
 
     method: PolarMethod = PolarMethod.NEWTON_SCHULZ
     coefficients: tuple[float, float, float] = matrix.NEWTON_SCHULZ_QUINTIC
     steps: int = 5
+    compute_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", PolarMethod(self.method))
         if self.steps < 1:
             raise ValueError(f"Newton–Schulz steps must be >= 1, got {self.steps}")
+        if self.compute_dtype is not None and not self.compute_dtype.is_floating_point:
+            raise ValueError(f"compute_dtype must be a floating dtype, got {self.compute_dtype}")
 
 
 Transform = InverseRoot | EigenbasisAdam | Orthogonalize
@@ -324,6 +342,8 @@ def refresh(
     for key, value in fresh.items():
         if value is not None:
             state[key].copy_(value)
+    # A first moment kept in the eigenbasis belongs to the old basis.
+    state.pop(EIGENBASIS_EXP_AVG, None)
     state[CONSECUTIVE_FAILURES] = 0
     return True
 
@@ -342,6 +362,29 @@ def _two_sided(left: Tensor | None, x: Tensor, right: Tensor | None, *, transpos
         else:
             x = x @ (right if transpose else right.mT)
     return x
+
+
+def _rotated_first_moment(
+    state: dict[str, Any],
+    left: Tensor | None,
+    right: Tensor | None,
+    direction: Tensor,
+    rotated_grad: Tensor,
+    beta1: float,
+    step: int,
+) -> Tensor:
+    """:math:`Q_L^\top \hat M Q_R` from the first moment kept in the eigenbasis (see
+    :class:`EigenbasisAdam`); after a refresh it is rotated from ``direction`` once."""
+    if beta1 == 0.0:
+        return rotated_grad
+    correction = 1.0 - beta1**step
+    kept = state.get(EIGENBASIS_EXP_AVG)
+    if kept is None:
+        kept = _two_sided(left, direction, right, transpose=True).mul_(correction)
+        state[EIGENBASIS_EXP_AVG] = kept
+    else:
+        kept.lerp_(rotated_grad, 1.0 - beta1)
+    return kept / correction
 
 
 def apply(
@@ -363,7 +406,7 @@ def apply(
     match config.transform:
         case InverseRoot():
             return _two_sided(left, direction, right, transpose=False)
-        case EigenbasisAdam(beta2=beta2, epsilon=epsilon):
+        case EigenbasisAdam(beta2=beta2, epsilon=epsilon, first_moment_decay=beta1):
             if grad is None:
                 raise ValueError("EigenbasisAdam needs the raw gradient")
             exp_avg_sq: Tensor = state[EIGENBASIS_EXP_AVG_SQ]
@@ -371,11 +414,18 @@ def apply(
             exp_avg_sq.mul_(beta2).addcmul_(rotated_grad, rotated_grad, value=1.0 - beta2)
             bias_correction = 1.0 - beta2**step
             denominator = (exp_avg_sq / bias_correction).sqrt_().add_(epsilon)
-            rotated = _two_sided(left, direction, right, transpose=True) / denominator
-            return _two_sided(left, rotated, right, transpose=False)
+            if beta1 is None or (left is None and right is None):
+                rotated = _two_sided(left, direction, right, transpose=True)
+            else:
+                rotated = _rotated_first_moment(
+                    state, left, right, direction, rotated_grad, beta1, step
+                )
+            return _two_sided(left, rotated / denominator, right, transpose=False)
         case Orthogonalize(method=PolarMethod.SVD):
             return matrix.polar_svd(direction)
-        case Orthogonalize(coefficients=coefficients, steps=steps):
-            return matrix.newton_schulz_polar(direction, coefficients=coefficients, steps=steps)
+        case Orthogonalize(coefficients=coefficients, steps=steps, compute_dtype=compute_dtype):
+            return matrix.newton_schulz_polar(
+                direction, coefficients=coefficients, steps=steps, compute_dtype=compute_dtype
+            )
         case other:
             raise TypeError(f"unknown transform {other!r}")

@@ -182,6 +182,7 @@ def newton_schulz_polar(
     coefficients: tuple[float, float, float] = NEWTON_SCHULZ_QUINTIC,
     steps: int = 5,
     epsilon: float = 1e-7,
+    compute_dtype: torch.dtype | None = None,
 ) -> Tensor:
     r"""Approximate the polar factor :math:`U V^\top` of ``m`` by a Newton–Schulz iteration.
 
@@ -193,7 +194,9 @@ def newton_schulz_polar(
     run on the wide orientation (fewer rows than columns) so the Gram matrix is the small one.
     With :data:`NEWTON_SCHULZ_CUBIC` and enough steps this converges to the exact polar factor;
     with the default quintic coefficients it stops at singular values in roughly [0.7, 1.2]
-    (good enough for Muon, cheaper). Works in ``m.dtype``.
+    (good enough for Muon, cheaper). Works in ``m.dtype``, or with ``compute_dtype`` (e.g.
+    ``torch.bfloat16``, as Jordan et al.'s and torch's Muon do) the iteration runs in that
+    precision after normalizing in ``m.dtype``, and the result is returned in ``m.dtype``.
     """
     if steps < 1:
         raise ValueError(f"Newton–Schulz steps must be >= 1, got {steps}")
@@ -201,7 +204,21 @@ def newton_schulz_polar(
     transposed = m.shape[-2] > m.shape[-1]
     x = m.mT if transposed else m
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + epsilon)
+    if compute_dtype is not None:
+        x = x.to(compute_dtype)
     for _ in range(steps):
         gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        # b A + c A², then a X + (b A + c A²) X: the scalings ride on the products (BLAS
+        # alpha/beta) instead of costing four extra passes over the matrices.
+        x = _multiply_add(x, _multiply_add(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.to(m.dtype)
     return x.mT if transposed else x
+
+
+def _multiply_add(c: Tensor, a: Tensor, b: Tensor, *, beta: float, alpha: float = 1.0) -> Tensor:
+    """``beta * c + alpha * (a @ b)`` in one BLAS call where torch has one (2-D, 3-D)."""
+    if c.ndim == 2:
+        return torch.addmm(c, a, b, beta=beta, alpha=alpha)
+    if c.ndim == 3:
+        return torch.baddbmm(c, a, b, beta=beta, alpha=alpha)
+    return beta * c + alpha * (a @ b)

@@ -88,7 +88,13 @@ class SOAP(LayerwiseOptimizer):
 
     def kronecker_config(self, group: dict[str, Any]) -> KroneckerConfig:
         return KroneckerConfig(
-            transform=EigenbasisAdam(beta2=group["betas"][1], epsilon=group["eps"]),
+            # The first moment is the shell's bias-corrected EMA with betas[0], so the
+            # preconditioner may keep it in the eigenbasis (two products per step fewer).
+            transform=EigenbasisAdam(
+                beta2=group["betas"][1],
+                epsilon=group["eps"],
+                first_moment_decay=group["betas"][0],
+            ),
             accumulation=Accumulation.EMA,
             decay=group["statistics_decay"],
             max_preconditioner_dim=group["max_preconditioner_dim"],

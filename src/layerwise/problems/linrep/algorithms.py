@@ -142,7 +142,9 @@ class Kfac(Method):
     The right factor is applied as ``(F G Σ̂x − Σ̂yx)(Σ̂x + λG)⁻¹ = F G P − W`` with
     ``P = Σ̂x(Σ̂x + λG)⁻¹`` and ``W = Σ̂yx(Σ̂x + λG)⁻¹`` formed once per seed. With
     ``orthonormalize`` the rows of G⁺ are re-orthonormalized (QR): the row-space trajectory is
-    unchanged (SPEC fact 3) but the scale of G cannot drift under label noise.
+    unchanged (SPEC fact 3) but the scale of G cannot drift under label noise. The QR factor is
+    moved into F (``G⁺ = RᵀQᵀ → (F Rᵀ, Qᵀ)``), a gauge change, so a preconditioned head step
+    gives the same row spaces with or without orthonormalization.
     """
 
     def __init__(self, init_features, init_head, lr, params: KfacParams):
@@ -168,7 +170,10 @@ class Kfac(Method):
         direction, info_left = torch.linalg.solve_ex(left, f.mT @ right)
         new_g = g - self.lr * direction
         if p.orthonormalize:
-            new_g = orthonormalize_rows(new_g)
+            # G⁺ = Rᵀ Qᵀ: keep Qᵀ and move Rᵀ into the head so that F G⁺ is unchanged; the
+            # preconditioned head step is then equivariant too (the LS head ignores F).
+            q, r = torch.linalg.qr(new_g.mT)
+            new_g, f = q.mT, f @ r.mT
         self.state["G"] = new_g
         if p.head == "least_squares":
             self.state["F"] = least_squares_head(new_g, batch)
@@ -227,7 +232,11 @@ class Batchnorm(Method):
     (``μ̄ ← (1−m) μ̄ + m μ``, ``σ̄² ← (1−m) σ̄² + m σ²·n/(n−1)``) in evaluation (``predict``).
     BN rescales and centres the features, so row(G) is still the learned representation; the
     affine parameters are left out because F absorbs the scale and the data are centred.
-    Gradients by autograd (each replica's loss only involves its own parameters).
+
+    Gradients in closed form (checked against autograd in the tests): with ẑ = BN(z), s the
+    batch standard deviation, r = ẑ Fᵀ − y and ĝ = r F / n,
+
+        ∇F = rᵀ ẑ / n,   ∇z = (ĝ − mean(ĝ) − ẑ ⊙ mean(ĝ ⊙ ẑ)) / s,   ∇G = ∇zᵀ x.
     """
 
     def __init__(self, init_features, init_head, lr, params: BatchnormParams):
@@ -245,21 +254,32 @@ class Batchnorm(Method):
         z = x @ self.features.mT
         return self._normalize(z, self.state["mean"], self.state["var"]) @ self.head.mT
 
+    def gradients(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(∇G, ∇F, batch mean, batch variance)`` of the batch-statistics loss."""
+        g, f = self.features, self.head
+        z = batch.x @ g.mT  # (R, S, n, k)
+        mean = z.mean(-2, keepdim=True)
+        var = z.var(-2, unbiased=False, keepdim=True)
+        std = torch.sqrt(var + self.params.bn_eps)
+        normalized = (z - mean) / std
+        residual = normalized @ f.mT - batch.y
+        grad_f = residual.mT @ normalized / batch.n
+        grad_normalized = residual @ f / batch.n
+        grad_z = (
+            grad_normalized
+            - grad_normalized.mean(-2, keepdim=True)
+            - normalized * (grad_normalized * normalized).mean(-2, keepdim=True)
+        ) / std
+        grad_g = grad_z.mT @ batch.x
+        return grad_g, grad_f, mean, var
+
     def step(self, batch: Batch) -> None:
-        g = self.features.detach().requires_grad_(True)
-        f = self.head.detach().requires_grad_(True)
-        with torch.enable_grad():
-            z = batch.x @ g.mT  # (R, S, n, k)
-            mean = z.mean(-2, keepdim=True)
-            var = z.var(-2, unbiased=False, keepdim=True)
-            out = self._normalize(z, mean, var) @ f.mT
-            loss = 0.5 * (out - batch.y).square().sum(-1).mean(-1).sum()
-            grad_g, grad_f = torch.autograd.grad(loss, (g, f))
+        grad_g, grad_f, mean, var = self.gradients(batch)
         m, n = self.params.momentum, batch.n
-        self.state["mean"] = (1 - m) * self.state["mean"] + m * mean.detach()
-        self.state["var"] = (1 - m) * self.state["var"] + m * var.detach() * n / max(n - 1, 1)
-        self.state["G"] = g.detach() - self.lr * grad_g
-        self.state["F"] = f.detach() - self.lr * grad_f
+        self.state["mean"] = (1 - m) * self.state["mean"] + m * mean
+        self.state["var"] = (1 - m) * self.state["var"] + m * var * n / max(n - 1, 1)
+        self.state["G"] = self.features - self.lr * grad_g
+        self.state["F"] = self.head - self.lr * grad_f
 
 
 ALGORITHMS: dict[str, type[Method]] = {

@@ -49,7 +49,7 @@ def log_spaced(high_over_low: float, count: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Task:
-    """One task's ground truth, stacked over seeds: head F⋆ (S, dy, k), Σx and Σx^{1/2} (S, d, d)."""
+    """One task's ground truth over seeds: head F⋆ (S, dy, k), Σx and Σx^{1/2} (S, d, d)."""
 
     head: Tensor
     input_cov: Tensor

@@ -6,7 +6,7 @@ requested iterations, detects divergence, and stops early when the caller's stop
 so. ``tune_step_size`` implements the tuning stage: on the shared grid 2**lo … 2**hi and the tuning
 seeds (disjoint from the reported ones), pick the step size whose *worst* iterations-to-eps over
 the tuning seeds is smallest (a diverged or censored seed counts as infinite), ties broken by the
-smallest median distance at the stopping iteration. All R × T runs go in one batched simulation,
+fewest diverged tuning seeds, then by the smallest median distance at the stopping iteration. All R × T runs go in one batched simulation,
 which stops as soon as one step size has brought every tuning seed to eps: any step size not
 done by then is strictly worse.
 """
@@ -31,6 +31,7 @@ from layerwise.problems.linrep.data import (
     make_instance,
     transfer_set,
 )
+from layerwise.problems.linrep.library import LIBRARY_ALGORITHMS, LibraryMethod
 from layerwise.problems.linrep.metrics import squared_loss, subspace_distance, transfer_excess_risk
 from layerwise.problems.linrep.second_order import SecondOrder
 from layerwise.problems.linrep.settings import TUNING_SEED_OFFSET, LinrepSettings
@@ -49,6 +50,8 @@ def build_method(
     device = instance.features.device
     lr_tensor = torch.tensor(list(lr), dtype=DTYPE, device=device).reshape(-1, 1, 1, 1)
     g0, f0 = instance.init_features, instance.init_head
+    if algorithm in LIBRARY_ALGORITHMS:
+        return LibraryMethod(algorithm, params, g0, f0, lr_tensor)
     if algorithm in ("gauss_newton", "newton"):
         return SecondOrder(g0, f0, lr_tensor, damping=damping, exact_hessian=algorithm == "newton")
     if algorithm not in ALGORITHMS:
@@ -184,6 +187,7 @@ class Tuning:
     lr: float
     grid: tuple[float, ...]
     worst_iterations: tuple[float, ...]  # inf: some tuning seed diverged or did not reach eps
+    diverged_seeds: tuple[int, ...]
     median_distance: tuple[float, ...]
 
 
@@ -198,18 +202,26 @@ def tune_step_size(
     seeds = tuple(TUNING_SEED_OFFSET + i for i in range(settings.tuning_seeds))
     instance = make_instance(settings, seeds, device)
     grid = settings.step_sizes
+    override = getattr(params, "lr_grid", None)
+    if override is not None:
+        grid = [2.0**e for e in range(override[0], override[1] + 1)]
     method = build_method(algorithm, params, instance, grid, damping)
     trace = simulate(settings, instance, method, stop=one_replica_done)
     reached = (trace.first_hit >= 0) & ~trace.diverged
     worst = np.where(reached.all(axis=1), trace.first_hit.max(axis=1), np.inf)
     final = np.where(trace.diverged, np.inf, trace.distance[-1])
     median = np.median(final, axis=1)
-    # Lexicographic: fewest worst-case iterations, then smallest median distance.
-    order = sorted(range(len(grid)), key=lambda r: (worst[r], median[r]))
+    diverged = trace.diverged.sum(axis=1)
+    # Lexicographic: fewest worst-case iterations, then (among step sizes that all fail to reach
+    # eps) fewest diverged tuning seeds, then smallest median distance. The middle key keeps the
+    # worst-case spirit when every step size is censored: otherwise the median distance favours
+    # edge-of-stability steps that diverge on some seeds.
+    order = sorted(range(len(grid)), key=lambda r: (worst[r], diverged[r], median[r]))
     return Tuning(
         lr=grid[order[0]],
         grid=tuple(grid),
         worst_iterations=tuple(float(w) for w in worst),
+        diverged_seeds=tuple(int(v) for v in diverged),
         median_distance=tuple(float(m) for m in median),
     )
 

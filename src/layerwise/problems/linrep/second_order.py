@@ -49,7 +49,7 @@ def curvature(features: Tensor, head: Tensor, batch: Batch, *, exact_hessian: bo
     h_fg = head[..., :, None, :, None] * gcov[..., None, :, None, :]  # (..., a, b, c, j)
     if exact_hessian:
         residual = head @ gcov - batch.cross_cov  # (..., dy, d)
-        h_fg = h_fg + eye_k[:, None, :, None] * residual[..., :, None, None, :]
+        h_fg = h_fg + eye_k[None, :, :, None] * residual[..., :, None, None, :]
     h_fg = h_fg.expand(*batch_shape, dy, k, k, d).reshape(*batch_shape, dy * k, k * d)
     top = torch.cat([h_ff, h_fg], dim=-1)
     bottom = torch.cat([h_fg.mT, h_gg], dim=-1)

@@ -184,10 +184,20 @@ class SecondOrderParams(BaseModel):
 class LibraryParams(_Params):
     """A ``layerwise.optim`` optimizer on the ``nn.Module`` version of the model.
 
-    ``options`` are passed to the optimizer's constructor unchanged.
+    ``options`` are passed to the optimizer's constructor unchanged. ``lr_grid`` (exponents
+    (lo, hi)) replaces the settings' tuning grid for this method: these rows step one module per
+    seed and step size, so a narrower grid keeps their tuning affordable.
     """
 
     options: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    lr_grid: tuple[int, int] | None = None
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _grid_ordered(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"lr_grid must be (lo, hi) with lo <= hi, got {value!r}")
+        return value
 
 
 METHOD_MODELS: dict[str, type[BaseModel]] = {
@@ -210,7 +220,8 @@ def check_compatible(settings: LinrepSettings, algorithm: str, params: BaseModel
     """Refuse a method that cannot run on these settings, naming the field and value."""
     if algorithm == "dfw" and settings.n // 2 <= settings.d + 1:
         raise ValueError(
-            f"n={settings.n} too small for dfw: each half batch needs n/2 > d + 1 = {settings.d + 1}"
+            f"n={settings.n} too small for dfw: each half batch needs "
+            f"n/2 > d + 1 = {settings.d + 1}"
         )
     needs_inverse = algorithm in ("kfac",) and getattr(params, "damping_g", 0.0) == 0.0
     if needs_inverse and settings.n <= settings.d:

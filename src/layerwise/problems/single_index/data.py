@@ -1,8 +1,9 @@
 """Single-index data: x ~ N(0, Σ), y = σ⋆(⟨β⋆, x⟩) + ε, batched over seeds (SPEC.md §3).
 
 Everything random comes from a ``torch.Generator`` seeded from ``(seed, purpose)``, so a seed's
-instance (Σ, β⋆), initialization (W0, a) and batches are identical for every method, and the instance of a seed is
-the same at every batch size n. The global RNG is never touched. Tensors carry a leading seed axis S.
+instance (Σ, β⋆), initialization (W0, a) and batches are identical for every method, and the
+instance of a seed is the same at every batch size n. The global RNG is never touched. Tensors
+carry a leading seed axis S.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ C11_DAMPED = Claim(
     id="C11-damped",
     statement="The damped (ridge) deterministic equivalent matches the kfac simulation at "
     "n/d <= 1 across the damping grid, for v and for the spike.",
-    decide=claims.decide_theory_match,
+    decide=claims.decide_damped_theory_match,
 )
 C12 = Claim(
     id="C12",
@@ -90,7 +90,7 @@ RISK = register_experiment(
         description="Excess risk after the ridge readout against n/d for every one-step method.",
         run=run_task,
         claims=(C12, C13),
-        figures={"risk": figures.risk_figure, "alignment": figures.alignment_figure},
+        figures={"risk": figures.risk_figure, "features": figures.feature_alignment_figure},
         seeds_per_run=SEEDS_PER_RUN,
         split_methods=False,
     )

@@ -40,12 +40,44 @@ class Spike:
     separation: Tensor  # (S,)
 
 
+#: Block size and stopping rule of the subspace iteration in :func:`spike`.
+SPIKE_BLOCK = 8
+SPIKE_MAX_ITERATIONS = 500
+SPIKE_TOLERANCE = 1e-10
+
+
 def spike(delta_w: Tensor) -> Spike:
-    """Top right singular vector and σ1/σ2 of ΔW (S, N, d)."""
-    _, singular_values, vh = torch.linalg.svd(delta_w, full_matrices=False)
-    return Spike(
-        direction=vh[..., 0, :], separation=singular_values[..., 0] / singular_values[..., 1]
+    """Top right singular vector and σ1/σ2 of ΔW (S, N, d).
+
+    A full SVD costs O(N d min(N, d)) per seed and dominated the experiments, so the top
+    singular pair comes from block subspace iteration Q ← orth(ΔWᵀ ΔW Q) with
+    :data:`SPIKE_BLOCK` columns and a Rayleigh–Ritz step, stopped when the two leading Ritz
+    values change by less than :data:`SPIKE_TOLERANCE` (relative). Matrices with at most
+    :data:`SPIKE_BLOCK` columns use the exact SVD. The starting block comes from a fixed
+    generator, so the result is deterministic.
+    """
+    d = delta_w.shape[-1]
+    if d <= SPIKE_BLOCK:
+        _, values, vh = torch.linalg.svd(delta_w, full_matrices=False)
+        return Spike(direction=vh[..., 0, :], separation=values[..., 0] / values[..., 1])
+    start = torch.randn(
+        d, SPIKE_BLOCK, generator=torch.Generator().manual_seed(0), dtype=delta_w.dtype
     )
+    basis = torch.linalg.qr(start.to(delta_w.device).expand(*delta_w.shape[:-2], d, SPIKE_BLOCK))[0]
+    previous = None
+    for _ in range(SPIKE_MAX_ITERATIONS):
+        image = delta_w @ basis  # (S, N, p)
+        _, values, vh = torch.linalg.svd(image, full_matrices=False)
+        leading = values[..., :2]
+        if previous is not None and bool(
+            ((leading - previous).abs() <= SPIKE_TOLERANCE * leading[..., :1]).all()
+        ):
+            break
+        previous = leading
+        basis = torch.linalg.qr(delta_w.transpose(-1, -2) @ image)[0]
+    # Ritz vectors: the right singular vectors of ΔW Q mapped back by Q.
+    direction = (basis @ vh.transpose(-1, -2))[..., 0]
+    return Spike(direction=direction, separation=values[..., 0] / values[..., 1])
 
 
 def alignments(direction: Tensor, beta: Tensor, covariance: Tensor) -> dict[str, Tensor]:

@@ -168,7 +168,9 @@ class TwoLayerNetwork(nn.Module):
     """The ``nn.Module`` form of one seed's network: ``f(x) = (1/√N) aᵀ σ(W x)``.
 
     ``first`` is an ``nn.Linear(d, N, bias=False)`` holding W (the only parameter); ``a`` is a
-    buffer (fixed during the step). ``forward`` maps (n, d) to (n,).
+    buffer (fixed during the step), so optimizers see W only. ``forward`` maps (n, d) to
+    (n, 1): a batch of one-dimensional outputs, the shape torch's losses and the project's
+    ``KFAC`` expect.
     """
 
     def __init__(self, w0: Tensor, a: Tensor, activation: Activation | str) -> None:
@@ -182,4 +184,5 @@ class TwoLayerNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         width = self.first.weight.shape[0]
-        return activation_function(self.activation, self.first(x)) @ self.a / math.sqrt(width)
+        hidden = activation_function(self.activation, self.first(x))
+        return (hidden @ self.a / math.sqrt(width)).unsqueeze(-1)

@@ -85,11 +85,13 @@ class SingleIndexSettings(BaseModel):
     activation: Activation = Activation.TANH
     noise_std: float = Field(0.0, description="label noise σε")
     second_layer: SecondLayer = SecondLayer.GAUSSIAN
+    readout: bool = Field(True, description="fit the ridge readout and test (else NaN risks)")
     readout_over_d: float | None = Field(None, description="readout batch over d (None: n)")
     n_validation: int = Field(1024, description="samples to choose the ridge penalty")
     n_test: int = Field(4096, description="samples for test MSE and excess risk")
     ridge_grid: tuple[float, ...] = Field(
-        (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0), description="ridge penalties tried"
+        (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+        description="ridge penalties tried",
     )
 
     @field_validator("d", "n_validation", "n_test")

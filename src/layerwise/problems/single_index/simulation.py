@@ -15,7 +15,8 @@ Columns of the returned table (one row per seed × method label):
   (Σ̂x + λG I)⁻¹): ``v_align_beta``, ``v_align_sigma_beta``, and ``spike_align_v`` = |cos(u, v)|;
 - theory for v (:mod:`.theory`): ``theory_align_beta`` (sgd, kfac), ``theory_align_sigma_beta``
   (sgd), ``theory_cap`` = cos(Σβ⋆, β⋆) (every row: a property of the instance);
-- readout: ``ridge_penalty``, ``validation_mse``, ``test_mse``, ``excess_risk``;
+- readout (NaN when ``settings.readout`` is off): ``ridge_penalty``, ``validation_mse``,
+  ``test_mse``, ``excess_risk``;
 - ``initial_output_rms``: the root mean square of f0 on X1 (≈ 0 is what the theory assumes).
 """
 
@@ -104,9 +105,10 @@ def run_seeds(
     instance = make_instance(settings, seeds).to(device)
     n = settings.n
     x1, y1, _ = sample(instance, "step", n)
-    train = sample(instance, "readout", settings.readout_size)[:2]
-    validation = sample(instance, "validation", settings.n_validation)[:2]
-    test = sample(instance, "test", settings.n_test)
+    if settings.readout:
+        train = sample(instance, "readout", settings.readout_size)[:2]
+        validation = sample(instance, "validation", settings.n_validation)[:2]
+        test = sample(instance, "test", settings.n_test)
     covariance = instance.covariance
     eigenvalues = instance.eigenvalues.cpu()
     b = (instance.eigenvectors.transpose(-1, -2) @ instance.beta.unsqueeze(-1)).squeeze(-1).cpu()
@@ -152,14 +154,18 @@ def run_seeds(
         columns["theory_align_beta"] = nan if predicted is None else predicted
         columns["theory_align_sigma_beta"] = nan if predicted_sigma is None else predicted_sigma
         columns["theory_cap"] = cap
-        features = feature_map(
-            w1, settings.activation, batchnorm_on=train[0] if spec.name == "batchnorm" else None
-        )
-        readout = ridge_readout(features, train, validation, test, settings.ridge_grid)
-        columns["ridge_penalty"] = readout.penalty
-        columns["validation_mse"] = readout.validation_mse
-        columns["test_mse"] = readout.test_mse
-        columns["excess_risk"] = readout.excess_risk
+        if settings.readout:
+            features = feature_map(
+                w1, settings.activation, batchnorm_on=train[0] if spec.name == "batchnorm" else None
+            )
+            readout = ridge_readout(features, train, validation, test, settings.ridge_grid)
+            columns["ridge_penalty"] = readout.penalty
+            columns["validation_mse"] = readout.validation_mse
+            columns["test_mse"] = readout.test_mse
+            columns["excess_risk"] = readout.excess_risk
+        else:
+            for key in ("ridge_penalty", "validation_mse", "test_mse", "excess_risk"):
+                columns[key] = nan
         columns["initial_output_rms"] = initial_rms
         frame = pd.DataFrame({key: value.detach().cpu().numpy() for key, value in columns.items()})
         frame.insert(0, "seed", list(seeds))

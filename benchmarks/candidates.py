@@ -1,0 +1,652 @@
+"""What the optimizer-step benchmark times: the model, its data, and every candidate.
+
+A *candidate* is one way of taking a full training step (forward, backward, optimizer step,
+``zero_grad``) on the benchmark MLP: torch AdamW (the reference), our optimizers, the peer
+libraries' optimizers for the same methods, and the *floors* — AdamW's step plus the bare torch
+products and decompositions that a method cannot avoid at that setting.
+
+Matched settings are written next to each candidate (``Candidate.settings``) and end up in the
+JSON and the README table.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LR = {"adamw": 1e-3, "shampoo": 1e-3, "soap": 3e-3, "muon": 0.02, "kfac": 1e-3}
+#: Our Muon's Adam path runs at lr x adam_lr_ratio (default 0.05); the peers' AdamW match it.
+MUON_ADAM_LR = 1e-3
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The MLP ``inputs -> width x hidden_layers -> classes`` (ReLU, cross-entropy) and its
+    batch; preconditioners are refreshed every ``refresh_every`` steps."""
+
+    width: int
+    batch: int
+    refresh_every: int = 10
+    inputs: int = 512
+    classes: int = 10
+    hidden_layers: int = 3
+
+    def weight_shapes(self) -> list[tuple[int, int]]:
+        dims = [self.inputs] + [self.width] * self.hidden_layers + [self.classes]
+        return [(dims[i + 1], dims[i]) for i in range(len(dims) - 1)]
+
+    def label(self) -> str:
+        return f"width {self.width}, batch {self.batch}"
+
+
+def build_mlp(setting: Setting, seed: int) -> nn.Sequential:
+    """The benchmark MLP, initialised from its own generator (no global RNG)."""
+    generator = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = []
+    for index, (fan_out, fan_in) in enumerate(setting.weight_shapes()):
+        if index:
+            layers.append(nn.ReLU())
+        layer = nn.Linear(fan_in, fan_out)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(fan_out, fan_in, generator=generator) / fan_in**0.5)
+            layer.bias.zero_()
+        layers.append(layer)
+    return nn.Sequential(*layers)
+
+
+def make_batches(setting: Setting, seed: int, count: int = 2) -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(seed + 1)
+    return [
+        (
+            torch.randn(setting.batch, setting.inputs, generator=generator),
+            torch.randint(0, setting.classes, (setting.batch,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+class Trainer:
+    """One model, its optimizers and an optional bare workload run after ``backward``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        batches: list[tuple[Tensor, Tensor]],
+        extra: Callable[[nn.Module, int], None] | None = None,
+        around_step: Callable[[], Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizers = optimizers
+        self.batches = batches
+        self.extra = extra
+        self.around_step = around_step
+        self.steps = 0
+
+    def step(self) -> None:
+        x, y = self.batches[self.steps % len(self.batches)]
+        self.steps += 1
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        if self.extra is not None:
+            self.extra(self.model, self.steps)
+        if self.around_step is not None:
+            self.around_step()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def state_bytes(self) -> int:
+        """Bytes of all tensors held in the optimizers' state (shared storages once)."""
+        seen: set[int] = set()
+        total = 0
+
+        def visit(value: Any) -> None:
+            nonlocal total
+            if isinstance(value, Tensor):
+                storage = value.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+            elif isinstance(value, dict):
+                for item in value.values():
+                    visit(item)
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    visit(item)
+
+        for optimizer in self.optimizers:
+            visit(list(optimizer.state.values()))
+        return total
+
+
+Factory = Callable[[nn.Module, list[tuple[Tensor, Tensor]]], Trainer]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    method: str  # adamw | shampoo | soap | muon | kfac
+    source: str  # torch | layerwise | <peer library and version> | floor
+    mode: str  # amortized | exact | bare
+    settings: str
+    factory: Factory
+    block_steps: int
+    floor_of: str | None = None  # floors: the candidate they bound
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    name: str
+    method: str
+    source: str
+    reason: str
+
+
+def _weights_and_rest(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    params = list(model.parameters())
+    return [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+
+
+def _simple(make: Callable[[nn.Module], list[torch.optim.Optimizer]]) -> Factory:
+    return lambda model, batches: Trainer(model, make(model), batches)
+
+
+def adamw_candidate(setting: Setting) -> Candidate:
+    return Candidate(
+        "torch AdamW",
+        "adamw",
+        "torch",
+        "amortized",
+        "lr 1e-3, betas (0.9, 0.999), weight decay 0.01, foreach (default)",
+        _simple(lambda m: [torch.optim.AdamW(m.parameters(), lr=LR["adamw"])]),
+        setting.refresh_every,
+    )
+
+
+# -- ours --------------------------------------------------------------------------------
+
+
+def our_candidates(setting: Setting, *, exact: bool = True) -> tuple[list[Candidate], list]:
+    from layerwise.optim import SOAP, Muon, Shampoo
+
+    k = setting.refresh_every
+    found: list[Candidate] = [
+        Candidate(
+            "layerwise Shampoo",
+            "shampoo",
+            "layerwise",
+            "amortized",
+            f"refresh every {k}, EMA statistics (0.999), Adam grafting, betas (0.9, 0.999)",
+            _simple(lambda m: [Shampoo(m.parameters(), lr=LR["shampoo"], refresh_every=k)]),
+            k,
+        ),
+        Candidate(
+            "layerwise SOAP",
+            "soap",
+            "layerwise",
+            "amortized",
+            f"refresh every {k} (eigh), betas (0.95, 0.95), statistics EMA 0.95",
+            _simple(lambda m: [SOAP(m.parameters(), lr=LR["soap"], refresh_every=k)]),
+            k,
+        ),
+        Candidate(
+            "layerwise Muon",
+            "muon",
+            "layerwise",
+            "amortized",
+            "5 quintic Newton–Schulz steps in the parameters' dtype (fp32), Nesterov 0.95; "
+            "biases: Adam path at lr x 0.05",
+            _simple(lambda m: [Muon(m.parameters(), lr=LR["muon"])]),
+            k,
+        ),
+    ]
+    missing: list[Unavailable] = []
+    if "ns_dtype" in Muon.__init__.__code__.co_varnames:
+        found.append(
+            Candidate(
+                "layerwise Muon bf16",
+                "muon",
+                "layerwise",
+                "amortized",
+                "as Muon, Newton–Schulz in bfloat16 (as torch.optim.Muon and the peers)",
+                _simple(lambda m: [Muon(m.parameters(), lr=LR["muon"], ns_dtype="bfloat16")]),
+                k,
+            )
+        )
+    kfac = _kfac_class()
+    if isinstance(kfac, str):
+        missing.append(Unavailable("layerwise KFAC", "kfac", "layerwise", kfac))
+    else:
+        found.append(
+            Candidate(
+                "layerwise KFAC",
+                "kfac",
+                "layerwise",
+                "amortized",
+                f"cross-entropy, empirical curvature, EMA factors, damping 1e-3, refresh every {k} "
+                "(Cholesky inverses)",
+                lambda model, batches: Trainer(
+                    model,
+                    [
+                        kfac(
+                            model,
+                            lr=LR["kfac"],
+                            loss="cross_entropy",
+                            curvature="empirical",
+                            refresh_every=k,
+                        )
+                    ],
+                    batches,
+                ),
+                k,
+            )
+        )
+    if exact:
+        exact_block = 2
+        found += [
+            Candidate(
+                "layerwise Shampoo exact",
+                "shampoo",
+                "layerwise",
+                "exact",
+                "roots every step, no grafting",
+                _simple(lambda m: [Shampoo(m.parameters(), lr=LR["shampoo"], exact=True)]),
+                exact_block,
+            ),
+            Candidate(
+                "layerwise SOAP exact",
+                "soap",
+                "layerwise",
+                "exact",
+                "eigenbases every step",
+                _simple(lambda m: [SOAP(m.parameters(), lr=LR["soap"], exact=True)]),
+                exact_block,
+            ),
+            Candidate(
+                "layerwise Muon exact",
+                "muon",
+                "layerwise",
+                "exact",
+                "polar factor by SVD",
+                _simple(lambda m: [Muon(m.parameters(), lr=LR["muon"], exact=True)]),
+                exact_block,
+            ),
+        ]
+        if not isinstance(kfac, str):
+            found.append(
+                Candidate(
+                    "layerwise KFAC exact",
+                    "kfac",
+                    "layerwise",
+                    "exact",
+                    "factors of the current batch, inverted every step; damping 1e-3 (the exact "
+                    "default 0 fails: batch < layer width makes the factors singular)",
+                    lambda model, batches: Trainer(
+                        model,
+                        [
+                            kfac(
+                                model,
+                                lr=LR["kfac"],
+                                loss="cross_entropy",
+                                curvature="empirical",
+                                damping=1e-3,
+                                exact=True,
+                            )
+                        ],
+                        batches,
+                    ),
+                    exact_block,
+                )
+            )
+    return found, missing
+
+
+def _kfac_class() -> Any:
+    try:
+        from layerwise.optim import KFAC  # type: ignore[attr-defined]
+    except ImportError as error:
+        return f"not importable yet ({error})"
+    return KFAC
+
+
+# -- peers -------------------------------------------------------------------------------
+
+
+def _version(distribution: str) -> str:
+    return importlib.metadata.version(distribution)
+
+
+def peer_candidates(setting: Setting, *, heavyball_compiled: bool = False) -> tuple[list, list]:
+    """Peer optimizers for the same methods; anything that fails to import is ``Unavailable``."""
+    k = setting.refresh_every
+    found: list[Candidate] = []
+    missing: list[Unavailable] = []
+
+    torch_muon = getattr(torch.optim, "Muon", None)
+    if torch_muon is None:
+        missing.append(Unavailable("torch Muon", "muon", "torch", "torch.optim.Muon missing"))
+    else:
+
+        def make_torch_muon(model: nn.Module) -> list[torch.optim.Optimizer]:
+            weights, rest = _weights_and_rest(model)
+            return [
+                torch_muon(weights, lr=LR["muon"], weight_decay=0.0),
+                torch.optim.AdamW(rest, lr=MUON_ADAM_LR, betas=(0.9, 0.95), weight_decay=0.0),
+            ]
+
+        found.append(
+            Candidate(
+                "torch.optim Muon",
+                "muon",
+                f"torch {torch.__version__}",
+                "amortized",
+                "5 Newton–Schulz steps in bfloat16, Nesterov 0.95; biases: torch AdamW",
+                _simple(make_torch_muon),
+                k,
+            )
+        )
+
+    try:
+        import pytorch_optimizer as po
+    except ImportError as error:
+        for method in ("shampoo", "soap", "muon"):
+            missing.append(Unavailable(f"pytorch-optimizer {method}", method, "-", str(error)))
+    else:
+        source = f"pytorch-optimizer {_version('pytorch-optimizer')}"
+        found += _pytorch_optimizer_candidates(po, source, k)
+
+    try:
+        import heavyball
+    except ImportError as error:
+        for method in ("soap", "muon"):
+            missing.append(Unavailable(f"heavyball {method}", method, "-", str(error)))
+    else:
+        source = f"heavyball {_version('heavyball')}"
+        found += _heavyball_candidates(heavyball, source, k, compiled=False)
+        if heavyball_compiled:
+            found += _heavyball_candidates(heavyball, source, k, compiled=True)
+    return found, missing
+
+
+def _pytorch_optimizer_candidates(po: Any, source: str, k: int) -> list[Candidate]:
+    from pytorch_optimizer.optimizer.utils.graft import LayerWiseGrafting
+
+    def make_muon(model: nn.Module) -> list[torch.optim.Optimizer]:
+        weights, rest = _weights_and_rest(model)
+        return [
+            po.Muon(
+                [
+                    {"params": weights, "use_muon": True},
+                    {"params": rest, "use_muon": False},
+                ],
+                lr=LR["muon"],
+                adamw_lr=MUON_ADAM_LR,
+            )
+        ]
+
+    return [
+        Candidate(
+            "pytorch-optimizer Shampoo",
+            "shampoo",
+            source,
+            "amortized",
+            f"preconditioning_compute_steps={k} (original Shampoo: sum statistics, no grafting)",
+            _simple(
+                lambda m: [
+                    po.Shampoo(m.parameters(), lr=LR["shampoo"], preconditioning_compute_steps=k)
+                ]
+            ),
+            k,
+        ),
+        Candidate(
+            "pytorch-optimizer ScalableShampoo",
+            "shampoo",
+            source,
+            "amortized",
+            f"preconditioning_compute_steps={k}, start_preconditioning_step=1, "
+            "block_size=1024 (no blocking), RMSprop grafting",
+            _simple(
+                lambda m: [
+                    po.ScalableShampoo(
+                        m.parameters(),
+                        lr=LR["shampoo"],
+                        preconditioning_compute_steps=k,
+                        start_preconditioning_step=1,
+                        block_size=1024,
+                        graft_type=LayerWiseGrafting.RMSPROP,
+                    )
+                ]
+            ),
+            k,
+        ),
+        Candidate(
+            "pytorch-optimizer SOAP",
+            "soap",
+            source,
+            "amortized",
+            f"precondition_frequency={k}, betas (0.95, 0.95), shampoo_beta 0.95",
+            _simple(
+                lambda m: [
+                    po.SOAP(
+                        m.parameters(), lr=LR["soap"], precondition_frequency=k, shampoo_beta=0.95
+                    )
+                ]
+            ),
+            k,
+        ),
+        Candidate(
+            "pytorch-optimizer Muon",
+            "muon",
+            source,
+            "amortized",
+            "5 Newton–Schulz steps (bfloat16), Nesterov 0.95; biases: its AdamW groups",
+            _simple(make_muon),
+            k,
+        ),
+    ]
+
+
+def _heavyball_candidates(heavyball: Any, source: str, k: int, *, compiled: bool) -> list:
+    """heavyball compiles its step functions by default; eager mode switches its module-level
+    compile settings off around each of its steps (and back on for the compiled variant)."""
+    utils = heavyball.utils
+    defaults = (utils.compile_mode, utils.compile_mode_recommended_to_none)
+
+    def set_compile() -> None:
+        if compiled:
+            utils.compile_mode, utils.compile_mode_recommended_to_none = defaults
+        else:
+            utils.compile_mode = utils.compile_mode_recommended_to_none = None
+
+    suffix = " compiled" if compiled else ""
+    mode = "torch.compile" if compiled else "eager"
+
+    def factory(make: Callable[[nn.Module], torch.optim.Optimizer]) -> Factory:
+        def build(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Trainer:
+            set_compile()
+            return Trainer(model, [make(model)], batches, around_step=set_compile)
+
+        return build
+
+    return [
+        Candidate(
+            f"heavyball SOAP{suffix}",
+            "soap",
+            source,
+            "amortized",
+            f"{mode}; precondition_frequency={k}, no schedule, betas (0.95, 0.95), "
+            "shampoo_beta 0.95",
+            factory(
+                lambda m: heavyball.SOAP(
+                    m.parameters(),
+                    lr=LR["soap"],
+                    betas=(0.95, 0.95),
+                    shampoo_beta=0.95,
+                    precondition_frequency=k,
+                    use_precond_schedule=False,
+                )
+            ),
+            k,
+        ),
+        Candidate(
+            f"heavyball Muon{suffix}",
+            "muon",
+            source,
+            "amortized",
+            f"{mode}; MuonAdamW (Muon on matrices, AdamW on biases)",
+            factory(lambda m: heavyball.MuonAdamW(m.parameters(), lr=LR["muon"])),
+            k,
+        ),
+    ]
+
+
+# -- floors ------------------------------------------------------------------------------
+
+
+class FloorWork:
+    r"""The products and decompositions a method cannot avoid, as bare torch calls on the real
+    gradients, run after ``backward`` of an AdamW step (forward, backward and a first-order
+    elementwise update are unavoidable too).
+
+    Per step and weight :math:`G` (m x n), with factors of sides of dimension 1 skipped:
+
+    - ``shampoo``: :math:`GG^\top`, :math:`G^\top G`, :math:`P_L G P_R`; per refresh ``eigh``
+      of each factor and :math:`Q \operatorname{diag}(s) Q^\top`;
+    - ``soap``: the two statistics, :math:`Q_L^\top G Q_R` and :math:`Q_L X Q_R^\top` (momentum
+      kept in the eigenbasis, so it needs no rotation of its own); per refresh ``eigh``;
+    - ``muon``: 5 Newton–Schulz iterations (``torch.addmm`` form) in ``dtype``; exact: SVD;
+    - ``kfac``: :math:`A^\top A` over the batch with a bias column, :math:`B^\top B` of the
+      output gradients, :math:`G_{inv} G A_{inv}`; per refresh Cholesky and
+      ``cholesky_inverse`` of each factor.
+    """
+
+    def __init__(
+        self, method: str, setting: Setting, *, exact: bool, dtype: torch.dtype = torch.float32
+    ) -> None:
+        self.method = method
+        self.every = 1 if exact else setting.refresh_every
+        self.exact = exact
+        self.dtype = dtype
+        generator = torch.Generator().manual_seed(7)
+        shapes = setting.weight_shapes()
+        if method == "kfac":
+            factor_sides = [(m, n + 1) for m, n in shapes]
+        else:
+            factor_sides = shapes
+        self.factors = [[_spd(d, generator) if d > 1 else None for d in s] for s in factor_sides]
+        self.applied = [[_spd(d, generator) if d > 1 else None for d in s] for s in factor_sides]
+        self.inputs = [torch.randn(setting.batch, n + 1, generator=generator) for _, n in shapes]
+        self.output_grads = [torch.randn(setting.batch, m, generator=generator) for m, _ in shapes]
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        grads = [p.grad for p in model.parameters() if p.ndim >= 2]
+        refresh = (step - 1) % self.every == 0
+        for index, grad in enumerate(grads):
+            left, right = self.applied[index]
+            match self.method:
+                case "shampoo":
+                    _products(grad, left is not None, right is not None)
+                    _two_sided(left, grad, right)
+                case "soap":
+                    _products(grad, left is not None, right is not None)
+                    _two_sided(_t(left), grad, right)
+                    _two_sided(left, grad, _t(right))
+                case "muon" if self.exact:
+                    u, _, vh = torch.linalg.svd(grad, full_matrices=False)
+                    u @ vh
+                case "muon":
+                    _newton_schulz(grad.to(self.dtype))
+                case "kfac":
+                    a, g = self.inputs[index], self.output_grads[index]
+                    a.mT @ a
+                    g.mT @ g
+                    _two_sided(left, torch.cat([grad, grad[:, :1]], dim=1), right)
+            if refresh and self.method != "muon":
+                for factor in self.factors[index]:
+                    if factor is None:
+                        continue
+                    if self.method == "kfac":
+                        torch.cholesky_inverse(torch.linalg.cholesky(factor))
+                    else:
+                        values, vectors = torch.linalg.eigh(factor)
+                        if self.method == "shampoo":
+                            (vectors * values.clamp(min=1e-12).pow(-0.25)) @ vectors.mT
+
+
+def _spd(d: int, generator: torch.Generator) -> Tensor:
+    a = torch.randn(d, d, generator=generator)
+    return a @ a.mT / d + torch.eye(d)
+
+
+def _t(x: Tensor | None) -> Tensor | None:
+    return None if x is None else x.mT
+
+
+def _products(grad: Tensor, left: bool, right: bool) -> None:
+    if left:
+        grad @ grad.mT
+    if right:
+        grad.mT @ grad
+
+
+def _two_sided(left: Tensor | None, x: Tensor, right: Tensor | None) -> Tensor:
+    if left is not None:
+        x = left @ x
+    if right is not None:
+        x = x @ right
+    return x
+
+
+def _newton_schulz(x: Tensor, steps: int = 5) -> Tensor:
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    if x.shape[0] > x.shape[1]:
+        x = x.mT
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, update, x, beta=a)
+    return x
+
+
+def floor_candidates(setting: Setting, ours: list[Candidate]) -> list[Candidate]:
+    """One floor per candidate of ours (AdamW's step plus the bare unavoidable work)."""
+    floors = []
+    for candidate in ours:
+        exact = candidate.mode == "exact"
+        dtype = torch.bfloat16 if candidate.name.endswith("bf16") else torch.float32
+        work = FloorWork(candidate.method, setting, exact=exact, dtype=dtype)
+
+        def factory(model: nn.Module, batches: list, work: FloorWork = work) -> Trainer:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=LR["adamw"])
+            return Trainer(model, [optimizer], batches, extra=work)
+
+        floors.append(
+            Candidate(
+                f"floor {candidate.name.removeprefix('layerwise ')}",
+                candidate.method,
+                "floor",
+                "bare",
+                f"torch AdamW step + bare {candidate.method} products and decompositions "
+                f"({str(dtype).removeprefix('torch.')}{', every step' if exact else ''})",
+                factory,
+                candidate.block_steps,
+                floor_of=candidate.name,
+            )
+        )
+    return floors
+
+
+def instantiate(
+    candidate: Candidate, setting: Setting, base_model: nn.Module, seed: int
+) -> Trainer:
+    return candidate.factory(copy.deepcopy(base_model), make_batches(setting, seed))

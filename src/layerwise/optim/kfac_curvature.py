@@ -1,0 +1,393 @@
+r"""Where KFAC's Kronecker factors come from: module hooks and curvature backward passes.
+
+For a layer :math:`s = W a + b` (``Layer``; or ``nn.Conv2d``, where ``a`` is a patch of
+the input, ``s`` the output channels at one position and the weight is viewed as
+``(out_channels, in_channels * kh * kw)``) used on a batch whose model output is
+:math:`f \in \mathbb{R}^{n \times c}`, with the mean loss :math:`L = \frac1n \sum_i \ell_i`,
+the two factors are
+
+.. math::
+    A = \frac1R \sum_{r} \bar a_r \bar a_r^\top, \qquad
+    B = \frac1n \sum_{r} \sum_k g_{r,k} g_{r,k}^\top \,/\, K,
+
+where :math:`\bar a_r = (a_r, 1)` (the 1 only when the bias is folded into the weight), the
+rows :math:`r` run over the layer's input rows (``R = n`` for a 2-D input; a layer applied to
+``(n, ..., d_in)`` inputs, a convolution (one row per sample and output position) or a layer
+used several times contributes all its rows: the "expand" convention of Grosse & Martens,
+2016, with the 1/(positions) on A and the sum over positions on B), and :math:`g_{r,k}` are
+output gradients of the curvature source:
+
+- ``empirical``: :math:`g_r = \partial \ell_i / \partial s_r`, read from the user's own
+  backward pass, whose gradient is :math:`\partial L / \partial s_r = g_r / n` (so the captured
+  gradient is multiplied by n); K = 1.
+- ``ggn``: :math:`g_{r,k} = J_{s_r}^\top h_{i,k}` where :math:`H_i = \sum_k h_{i,k} h_{i,k}^\top`
+  is the per-sample loss Hessian :math:`\partial^2 \ell_i / \partial f_i^2` (MSE:
+  :math:`\frac2c I`, columns :math:`\sqrt{2/c}\, e_k`; cross-entropy:
+  :math:`\operatorname{diag}(p) - p p^\top = S S^\top` with
+  :math:`S = \operatorname{diag}(\sqrt p) - p \sqrt p^\top`); c extra backward passes, K = 1.
+- ``mc_fisher``: :math:`g_{r} = J_{s_r}^\top \nabla_f \ell_i(\hat y_i)` with targets sampled from
+  the model's predictive distribution (cross-entropy: :math:`\hat y \sim
+  \operatorname{Cat}(\operatorname{softmax} f)`; MSE: :math:`\hat y \sim N(f, \frac c2 I)`, the
+  variance for which :math:`E[\nabla\ell\nabla\ell^\top] = \frac2c I`, the MSE loss Hessian);
+  K = ``mc_samples`` extra backward passes.
+
+For a deep linear network (and MSE) :math:`J_{s}` does not depend on the sample, so
+:math:`B \otimes A` is exactly the Gauss–Newton block of the layer (row-major vec of W).
+
+The extra backward passes run inside the user's ``loss.backward()``: a hook on the model
+output fires when its gradient is reached, before any node of the graph below it has been
+released, and calls :func:`torch.autograd.grad` with ``retain_graph=True``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+class Curvature(enum.StrEnum):
+    """Source of the output-gradient factor B (module docstring)."""
+
+    EMPIRICAL = "empirical"
+    MC_FISHER = "mc_fisher"
+    GGN = "ggn"
+
+
+class Loss(enum.StrEnum):
+    """The training loss, with ``reduction="mean"``: ``mse_loss`` or ``cross_entropy``."""
+
+    MSE = "mse"
+    CROSS_ENTROPY = "cross_entropy"
+
+
+class FactorKind(enum.StrEnum):
+    """How a factor is stored: a dense matrix, its diagonal, or a scalar (a side of size 1)."""
+
+    DENSE = "dense"
+    DIAGONAL = "diagonal"
+    SCALAR = "scalar"
+
+
+def second_moment(rows: Tensor, kind: FactorKind, scale: float) -> Tensor:
+    r"""``scale`` x :math:`\sum_r x_r x_r^\top` for the rows :math:`x_r` of ``rows`` (R, d),
+    as a (d, d) matrix, its diagonal (d,) or (d = 1) a 0-D scalar."""
+    match kind:
+        case FactorKind.DENSE:
+            return (rows.mT @ rows).mul_(scale)
+        case FactorKind.DIAGONAL:
+            return rows.square().sum(dim=0).mul_(scale)
+        case FactorKind.SCALAR:
+            return rows.square().sum().mul_(scale)
+        case other:
+            raise ValueError(f"unknown factor kind {other!r}")
+
+
+def _softmax(logits: Tensor) -> Tensor:
+    # Written out: on a loaded CPU, torch.softmax of a tiny float64 tensor (a parallel kernel)
+    # was measured ~1000x slower than these element-wise ops, and mc_fisher calls it per sample.
+    exponentials = (logits - logits.amax(dim=1, keepdim=True)).exp()
+    return exponentials / exponentials.sum(dim=1, keepdim=True)
+
+
+def loss_hessian_sqrt_columns(output: Tensor, loss: Loss) -> list[Tensor]:
+    r"""The columns of a square root of the per-sample loss Hessian, batched: entry ``k`` is
+    the ``(n, c)`` matrix whose row i is :math:`h_{i,k}`, with
+    :math:`\sum_k h_{i,k} h_{i,k}^\top = \partial^2 \ell_i / \partial f_i^2`."""
+    n, c = output.shape
+    match Loss(loss):
+        case Loss.MSE:
+            columns = []
+            for k in range(c):
+                column = output.new_zeros(n, c)
+                column[:, k] = math.sqrt(2.0 / c)
+                columns.append(column)
+            return columns
+        case Loss.CROSS_ENTROPY:
+            p = _softmax(output)
+            sqrt_p = p.sqrt()
+            columns = []
+            for k in range(c):
+                # column k of diag(√p) − p √pᵀ
+                column = -p * sqrt_p[:, k : k + 1]
+                column[:, k] += sqrt_p[:, k]
+                columns.append(column)
+            return columns
+        case other:  # pragma: no cover - StrEnum refuses unknown values
+            raise ValueError(f"unknown loss {other!r}")
+
+
+def sampled_loss_gradient(output: Tensor, loss: Loss, generator: torch.Generator) -> Tensor:
+    r""":math:`\nabla_f \ell_i(\hat y_i)` for targets sampled from the model, batched (n, c).
+
+    Cross-entropy: ``torch.multinomial(softmax(f), 1, generator=generator)`` gives
+    :math:`\hat y`, and the gradient is :math:`p - e_{\hat y}`. MSE: with
+    ``eps = torch.randn(f.shape, generator=generator)``, :math:`\hat y = f + \sqrt{c/2}\,
+    \epsilon` and the gradient :math:`\frac2c (f - \hat y) = -\sqrt{2/c}\,\epsilon`.
+    """
+    n, c = output.shape
+    match Loss(loss):
+        case Loss.MSE:
+            noise = torch.randn(
+                output.shape, generator=generator, dtype=output.dtype, device=output.device
+            )
+            return noise.mul_(-math.sqrt(2.0 / c))
+        case Loss.CROSS_ENTROPY:
+            p = _softmax(output)
+            targets = torch.multinomial(p, 1, generator=generator).squeeze(1)
+            return p.scatter_add_(1, targets[:, None], p.new_full((n, 1), -1.0))
+        case other:  # pragma: no cover
+            raise ValueError(f"unknown loss {other!r}")
+
+
+Layer = nn.Linear | nn.Conv2d
+
+
+def supports(module: nn.Module) -> bool:
+    """Whether KFAC preconditions ``module``: ``Layer``, and ``nn.Conv2d`` with one group,
+    zero padding given as numbers (other modules' parameters take the Adam path)."""
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, nn.Conv2d):
+        return (
+            module.groups == 1
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        )
+    return False
+
+
+def input_width(layer: Layer) -> int:
+    """Columns of the layer's weight viewed as a matrix (bias not included)."""
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels * math.prod(layer.kernel_size)
+    return layer.in_features
+
+
+def output_width(layer: Layer) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def input_rows(layer: Layer, inputs: Tensor) -> Tensor:
+    """The layer inputs as rows ``(R, input_width)``: one per sample (and position)."""
+    if isinstance(layer, nn.Conv2d):
+        batched = inputs if inputs.ndim == 4 else inputs[None]
+        patches = nn.functional.unfold(
+            batched,
+            layer.kernel_size,
+            dilation=layer.dilation,
+            padding=layer.padding,  # type: ignore[arg-type]
+            stride=layer.stride,
+        )  # (n, C·kh·kw, positions), the order of weight.reshape(out_channels, -1)
+        return patches.mT.reshape(-1, patches.shape[1])
+    return inputs.reshape(-1, layer.in_features)
+
+
+def output_rows(layer: Layer, outputs: Tensor) -> Tensor:
+    """Layer outputs (or their gradients) as rows ``(R, output_width)``."""
+    if isinstance(layer, nn.Conv2d):
+        return outputs.movedim(-3, -1).reshape(-1, layer.out_channels)
+    return outputs.reshape(-1, layer.out_features)
+
+
+#: For a layer: which factors the coming step needs, (output side, input side); None: not needed.
+FactorNeeds = tuple[FactorKind | None, FactorKind | None]
+
+
+@dataclass
+class LayerCapture:
+    """What the hooks saw of one layer since the model's last forward pass."""
+
+    layer: Layer
+    kinds: FactorNeeds
+    inputs: list[Tensor] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)  # graph tensors (ggn / mc_fisher)
+    output_grads: list[Tensor] = field(default_factory=list)  # empirical
+    output_factor: Tensor | None = None  # ggn / mc_fisher, computed during backward
+
+
+class CurvatureCapture:
+    """Forward hooks on ``layers`` (their inputs, and their outputs or output gradients) and on
+    ``model`` (its output, where the ``ggn`` / ``mc_fisher`` backward passes start).
+
+    ``needs(layer)`` is asked at each forward pass which factors the next optimizer step will
+    use; nothing is captured for a layer that needs none (not a statistics step).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[Layer],
+        *,
+        curvature: Curvature,
+        loss: Loss,
+        mc_samples: int,
+        generator: torch.Generator,
+        needs: Callable[[Layer], FactorNeeds],
+    ) -> None:
+        self.curvature = Curvature(curvature)
+        self.loss = Loss(loss)
+        self.mc_samples = mc_samples
+        self.generator = generator
+        self._needs = needs
+        self._captures: dict[Layer, LayerCapture] = {}
+        self._model_output: Tensor | None = None
+        self._generation = 0
+        self._in_curvature_pass = False
+        self.batch_size: int | None = None
+        self._handles = [model.register_forward_pre_hook(self._on_model_input)]
+        for layer in layers:
+            self._handles.append(layer.register_forward_hook(self._on_layer_forward))
+        self._handles.append(model.register_forward_hook(self._on_model_output))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.clear()
+
+    def clear(self) -> None:
+        self._captures = {}
+        self._model_output = None
+
+    def capture(self, layer: Layer) -> LayerCapture | None:
+        return self._captures.get(layer)
+
+    def factor_increments(
+        self, layer: Layer, kinds: FactorNeeds, *, bias: bool
+    ) -> list[Tensor | None]:
+        """The factor increments ``[B, A]`` of ``layer`` from what was captured (module
+        docstring); ``bias``: append the constant 1 to the input rows."""
+        capture = self._captures.get(layer)
+        if capture is None or capture.kinds != kinds:
+            raise RuntimeError(
+                f"KFAC: no factors were captured for {layer}; run the model's forward and the "
+                "loss's backward pass (with gradients enabled) before step()"
+            )
+        output_kind, input_kind = kinds
+        increments: list[Tensor | None] = [None, None]
+        if input_kind is not None:
+            rows = torch.cat([input_rows(layer, a) for a in capture.inputs])
+            if bias:
+                rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+            increments[1] = second_moment(rows, input_kind, 1.0 / rows.shape[0])
+        if output_kind is None:
+            return increments
+        if self.curvature is Curvature.EMPIRICAL:
+            if not capture.output_grads or self.batch_size is None:
+                raise RuntimeError(f"KFAC: no output gradient was captured for {layer}")
+            rows = torch.cat([output_rows(layer, g) for g in capture.output_grads])
+            # The captured gradients are those of the mean loss, (1/n) ∂ℓ_i/∂s.
+            increments[0] = second_moment(rows, output_kind, float(self.batch_size))
+        elif capture.output_factor is None:
+            raise RuntimeError(
+                f"KFAC: the {self.curvature.value} backward pass did not reach {layer}; was the "
+                "loss computed from the model's output?"
+            )
+        else:
+            increments[0] = capture.output_factor
+        return increments
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _recording(self) -> bool:
+        return torch.is_grad_enabled() and not self._in_curvature_pass
+
+    def _on_model_input(self, module: nn.Module, args: tuple) -> None:
+        # A forward pass under no_grad (evaluation between backward and step) leaves the
+        # captures of the training pass alone.
+        if self._recording():
+            self.clear()
+            self._generation += 1
+
+    def _on_layer_forward(self, layer: Layer, args: tuple, output: Tensor) -> None:
+        if not self._recording() or not output.requires_grad:
+            return
+        capture = self._captures.get(layer)
+        if capture is None:
+            kinds = self._needs(layer)
+            if kinds == (None, None):
+                return
+            capture = self._captures[layer] = LayerCapture(layer, kinds)
+        output_kind, input_kind = capture.kinds
+        if input_kind is not None:
+            capture.inputs.append(args[0].detach())
+        if output_kind is None:
+            return
+        if self.curvature is Curvature.EMPIRICAL:
+            output.register_hook(lambda grad, capture=capture: self._on_output_grad(capture, grad))
+        else:
+            capture.outputs.append(output)
+
+    def _on_output_grad(self, capture: LayerCapture, grad: Tensor) -> None:
+        capture.output_grads.append(grad.detach())
+
+    def _on_model_output(self, module: nn.Module, args: tuple, output: object) -> None:
+        if not self._recording() or not isinstance(output, Tensor) or not output.requires_grad:
+            return
+        self.batch_size = output.shape[0]
+        if self.curvature is Curvature.EMPIRICAL:
+            return
+        if not any(capture.outputs for capture in self._captures.values()):
+            return
+        if output.ndim != 2:
+            raise ValueError(
+                f"KFAC curvature={self.curvature.value!r} needs a model output of shape "
+                f"(batch, outputs); got {tuple(output.shape)}"
+            )
+        self._model_output = output
+        generation = self._generation
+        output.register_hook(lambda grad: self._on_model_output_grad(generation))
+
+    def _on_model_output_grad(self, generation: int) -> None:
+        output = self._model_output
+        # The inner torch.autograd.grad calls reach this hook again; a later forward pass
+        # makes this one stale.
+        if self._in_curvature_pass or generation != self._generation or output is None:
+            return
+        self._in_curvature_pass = True
+        try:
+            self._curvature_backward(output)
+        finally:
+            self._in_curvature_pass = False
+            self._model_output = None
+
+    def _curvature_backward(self, output: Tensor) -> None:
+        captures = [c for c in self._captures.values() if c.outputs]
+        tensors = [s for c in captures for s in c.outputs]
+        values = output.detach()
+        if self.curvature is Curvature.GGN:
+            vectors = loss_hessian_sqrt_columns(values, self.loss)
+            scale = 1.0 / values.shape[0]
+        else:
+            vectors = [
+                sampled_loss_gradient(values, self.loss, self.generator)
+                for _ in range(self.mc_samples)
+            ]
+            scale = 1.0 / (values.shape[0] * self.mc_samples)
+        for capture in captures:
+            capture.output_factor = None
+        for vector in vectors:
+            grads = torch.autograd.grad(
+                output, tensors, grad_outputs=vector, retain_graph=True, allow_unused=True
+            )
+            position = 0
+            for capture in captures:
+                pieces = grads[position : position + len(capture.outputs)]
+                position += len(capture.outputs)
+                rows = [output_rows(capture.layer, g) for g in pieces if g is not None]
+                if not rows:
+                    continue
+                kind = capture.kinds[0]
+                assert kind is not None
+                increment = second_moment(torch.cat(rows), kind, scale)
+                if capture.output_factor is None:
+                    capture.output_factor = increment
+                else:
+                    capture.output_factor.add_(increment)
+        for capture in captures:
+            # The graph tensors are not needed any more; let the graph be freed.
+            capture.outputs = []

@@ -1,0 +1,84 @@
+"""Registration of the linrep problem and its six experiments (SPEC §4) with their claims.
+
+Every experiment runs each method on all of its seeds in one batched run (``seeds_per_run``
+large, ``split_methods`` True: methods are independent runs that the runner can spread over
+workers; pairing comes from the per-seed generators, not from sharing a run).
+"""
+
+from __future__ import annotations
+
+from layerwise.experiments.registry import (
+    Experiment,
+    Problem,
+    register_experiment,
+    register_problem,
+)
+from layerwise.problems.linrep import claims, figures, runs
+from layerwise.problems.linrep.settings import METHOD_MODELS, LinrepSettings
+
+#: All seeds of a method go in one run (the algorithms are vectorized over seeds).
+SEEDS_PER_RUN = 1000
+
+PROBLEM = register_problem(
+    Problem(name="linrep", settings_model=LinrepSettings, method_models=METHOD_MODELS)
+)
+
+
+def _experiment(name: str, description: str, run, claim_list, figure) -> Experiment:
+    return register_experiment(
+        Experiment(
+            name=name,
+            problem="linrep",
+            description=description,
+            run=run,
+            claims=tuple(claim_list),
+            figures={name.removeprefix("linrep-"): figure},
+            seeds_per_run=SEEDS_PER_RUN,
+            split_methods=True,
+        )
+    )
+
+
+TRAJECTORIES = _experiment(
+    "linrep-trajectories",
+    "Training loss, subspace distance and transfer excess risk against iterations for every "
+    "method (the paper's Figure 1 analogue).",
+    runs.run_trajectories,
+    (),
+    figures.trajectories,
+)
+KAPPA = _experiment(
+    "linrep-kappa",
+    "Iterations to dist <= eps and the fitted contraction rate against κ(Σx) and κ(F⋆).",
+    runs.run_summary,
+    (claims.C1, claims.C2, claims.C3),
+    figures.kappa,
+)
+BASIS = _experiment(
+    "linrep-basis",
+    "Axis-aligned against rotated Σx for adam, batchnorm and kfac.",
+    runs.run_summary,
+    (claims.C5, claims.C6),
+    figures.basis,
+)
+TRANSFER = _experiment(
+    "linrep-transfer",
+    "Transfer excess risk against n_transfer for representations learned at an equal budget.",
+    runs.run_transfer,
+    (claims.C7,),
+    figures.transfer,
+)
+FLOOR = _experiment(
+    "linrep-floor",
+    "Stationary subspace distance against samples per step (kfac: n − d; dfw: n/2 − d).",
+    runs.run_floor,
+    (claims.C8,),
+    figures.floor,
+)
+SECOND_ORDER = _experiment(
+    "linrep-second-order",
+    "kfac against damped Gauss–Newton and damped Newton over a damping grid.",
+    runs.run_summary,
+    (claims.C4,),
+    figures.second_order,
+)

@@ -1,0 +1,121 @@
+"""The registered experiments: quick variants end to end, and the claim decisions."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from layerwise.experiments import registry
+from layerwise.experiments.config import find_config, load_config
+from layerwise.experiments.runner import plan_runs
+from layerwise.problems.single_index import claims
+
+NAMES = ("single-index-alignment", "single-index-risk", "single-index-damping")
+
+
+def _run_quick(name: str) -> tuple[registry.Experiment, pd.DataFrame]:
+    config = load_config(find_config(name), quick=True)
+    tables = []
+    for run in plan_runs(config):
+        table = config.experiment.run(run.task)
+        tables.append(table.assign(run_id=run.run_id))
+    return config.experiment, pd.concat(tables, ignore_index=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quick_experiment_runs_and_decides_its_claims(name):
+    experiment, table = _run_quick(name)
+    assert {"seed", "method", "spike_align_beta", "theory_align_beta"} <= set(table.columns)
+    config = load_config(find_config(name), quick=True)
+    assert len(table) == len(config.points) * len(config.methods) * len(config.seeds)
+    assert experiment.claims
+    for claim in experiment.claims:
+        verdict = claim.decide(table)
+        assert verdict.holds in (True, False), (claim.id, verdict.summary)
+        assert verdict.evidence and verdict.summary
+    for make in experiment.figures.values():
+        assert isinstance(make(table), Figure)
+
+
+def _alignment_table(sgd_beta, sgd_sigma_beta, kfac_beta, theory_gap=0.0):
+    rows = []
+    for seed in range(4):
+        for ratio in (2.0, 8.0):
+            jitter = 0.001 * seed
+            rows.append(
+                dict(
+                    seed=seed,
+                    method="sgd",
+                    algorithm="sgd",
+                    kappa=100.0,
+                    n_over_d=ratio,
+                    link="tanh",
+                    spike_align_beta=sgd_beta + jitter,
+                    spike_align_sigma_beta=sgd_sigma_beta,
+                    theory_cap=0.65,
+                    v_align_beta=sgd_beta + jitter,
+                    theory_align_beta=sgd_beta + theory_gap,
+                )
+            )
+            rows.append(
+                dict(
+                    seed=seed,
+                    method="kfac",
+                    algorithm="kfac",
+                    kappa=100.0,
+                    n_over_d=ratio,
+                    link="tanh",
+                    spike_align_beta=kfac_beta * ratio / 8 + jitter,
+                    spike_align_sigma_beta=0.6,
+                    theory_cap=0.65,
+                    v_align_beta=kfac_beta * ratio / 8 + jitter,
+                    theory_align_beta=kfac_beta * ratio / 8,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def test_c9_decides_both_ways():
+    assert claims.decide_sgd_bias(_alignment_table(0.6, 0.95, 0.97)).holds is True
+    # Aligned with β⋆ more than with Σβ⋆: the claim fails.
+    assert claims.decide_sgd_bias(_alignment_table(0.6, 0.5, 0.97)).holds is False
+    # Above the cap (0.65): fails too.
+    assert claims.decide_sgd_bias(_alignment_table(0.7, 0.95, 0.97)).holds is False
+    isotropic = _alignment_table(0.6, 0.95, 0.97).assign(kappa=1.0)
+    assert claims.decide_sgd_bias(isotropic).holds is None
+
+
+def test_c10_and_c11_decide_both_ways():
+    assert claims.decide_kfac_alignment(_alignment_table(0.6, 0.95, 0.97)).holds is True
+    assert claims.decide_kfac_alignment(_alignment_table(0.6, 0.95, 0.85)).holds is False
+    assert claims.decide_theory_match(_alignment_table(0.6, 0.95, 0.97)).holds is True
+    far = claims.decide_theory_match(_alignment_table(0.6, 0.95, 0.97, theory_gap=0.1))
+    assert far.holds is False
+    assert far.evidence["vector"]["max_gap"] == pytest.approx(0.1 - 0.0015, abs=1e-3)
+
+
+def _risk_table(risks: dict[str, float]) -> pd.DataFrame:
+    rows = [
+        dict(
+            seed=seed,
+            method=method,
+            kappa=100.0,
+            n_over_d=ratio,
+            excess_risk=risk * (1 + 0.01 * seed),
+        )
+        for seed in range(3)
+        for ratio in (1.0, 4.0)
+        for method, risk in risks.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_c12_and_c13_decide_both_ways():
+    good = {"rf": 0.1, "sgd": 0.05, "kfac": 0.01, "adam": 0.06, "batchnorm": 0.07, "oracle": 0.0}
+    assert claims.decide_risk_order(_risk_table(good)).holds is True
+    verdict = claims.decide_adam_batchnorm(_risk_table(good))
+    assert verdict.holds is True and verdict.evidence["batchnorm_worse_than_sgd_at"] == 1
+    assert claims.decide_risk_order(_risk_table({**good, "sgd": 0.2})).holds is False
+    assert claims.decide_adam_batchnorm(_risk_table({**good, "adam": 0.005})).holds is False
+    assert claims.decide_risk_order(_risk_table({"rf": 0.1, "sgd": 0.05})).holds is None
