@@ -137,7 +137,8 @@ class KFAC(LayerwiseOptimizer):
         momentum, nesterov: heavy-ball momentum on the preconditioned direction (clipping
             scales the final step; the buffer keeps the unclipped directions).
         weight_decay: decoupled weight decay.
-        betas, eps, adam_lr: Adam of the Adam path (and of EKFAC in the eigenbasis).
+        betas, eps, adam_lr_ratio: Adam of the Adam path (at ``lr * adam_lr_ratio``) and of
+            EKFAC in the eigenbasis.
         max_preconditioner_dim: sides longer than this keep a diagonal factor.
         params: parameters or param groups (default: ``model.parameters()``); a layer's
             weight and bias must be in the same group.
@@ -179,7 +180,7 @@ class KFAC(LayerwiseOptimizer):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        adam_lr: float | None = None,
+        adam_lr_ratio: float = 1.0,
         max_preconditioner_dim: int = 8192,
         params: Iterable[Any] | None = None,
         exact: bool = False,
@@ -239,7 +240,7 @@ class KFAC(LayerwiseOptimizer):
             weight_decay=weight_decay,
             betas=betas,
             eps=eps,
-            adam_lr=adam_lr,
+            adam_lr_ratio=adam_lr_ratio,
             max_preconditioner_dim=max_preconditioner_dim,
             exact=exact,
         )

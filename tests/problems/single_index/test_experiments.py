@@ -119,3 +119,19 @@ def test_c12_and_c13_decide_both_ways():
     assert claims.decide_risk_order(_risk_table({**good, "sgd": 0.2})).holds is False
     assert claims.decide_adam_batchnorm(_risk_table({**good, "adam": 0.005})).holds is False
     assert claims.decide_risk_order(_risk_table({"rf": 0.1, "sgd": 0.05})).holds is None
+
+
+def test_cli_runs_the_quick_alignment_experiment_and_reports_its_claims(tmp_path):
+    import json
+
+    from layerwise import cli
+
+    out = tmp_path / "out"
+    argv = ["run", "single-index-alignment", "--quick", "--out", str(out), "--workers", "1"]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert cli.main(["report", str(out)]) == 0
+    decided = {
+        entry["id"]: entry["holds"] for entry in json.loads((out / "claims.json").read_text())
+    }
+    assert set(decided) == {"C9", "C10", "C11"}
+    assert all(holds in (True, False) for holds in decided.values())
