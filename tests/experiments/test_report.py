@@ -53,7 +53,7 @@ def test_figures_are_written_as_png_and_pdf_and_broken_ones_are_listed(reported)
 def test_report_md_has_the_claims_table_settings_run_time_and_figures(reported):
     out, _, _ = reported
     text = (out / "report.md").read_text()
-    assert "3 claims: 1 holds, 1 does not hold, 1 undecided" in text
+    assert "3 claims: holds: 1, does not hold: 1, undecided: 1" in text
     assert "| T1 | the mean value is below 100.0 | toy | **holds** |" in text
     assert "| T2 | the mean value is below 1.0 | toy | **does not hold** |" in text
     assert "| T3 | cannot be decided | toy | **undecided** | undecided: ZeroDivisionError" in text

@@ -231,7 +231,7 @@ def _tally(claims: Sequence[ClaimResult]) -> str:
     counts = {word: 0 for word in VERDICT_WORDS.values()}
     for claim in claims:
         counts[VERDICT_WORDS[claim.verdict.holds]] += 1
-    return f"{len(claims)} claims: " + ", ".join(f"{n} {word}" for word, n in counts.items())
+    return f"{len(claims)} claims: " + ", ".join(f"{word}: {n}" for word, n in counts.items())
 
 
 def _markdown_cell(text: str) -> str:

@@ -40,8 +40,6 @@ def test_every_method_runs_on_every_family(options):
     has_theory = table["method"].isin(["sgd", "kfac"])
     assert table.loc[has_theory, "theory_align_beta"].notna().all()
     assert table.loc[~has_theory, "theory_align_beta"].isna().all()
-    # Oracle rows point along β⋆ (up to the W0 bulk of ΔW = W1 − W0).
-    assert (table.loc[table["method"] == "oracle", "spike_align_beta"] > 0.9).all()
     if options.get("target") == "aligned":
         # β⋆ is an eigenvector: Σβ⋆ ∥ β⋆, the cap is 1.
         assert table["theory_cap"].sub(1.0).abs().max() < 1e-12

@@ -54,12 +54,15 @@ def _sweep(table: pd.DataFrame, varying: str, fixed: str) -> pd.DataFrame:
 
 
 def _slope_of(rows: pd.DataFrame, by: str, minimum: float = 0.0) -> tuple[float, dict]:
+    """Slope of median iterations vs ``by``; evidence: the medians, censored seeds, step sizes."""
     rows = rows[rows[by] >= minimum]
     medians = _medians(rows, by)
     censored = rows.groupby(by)["censored"].sum()
+    step_sizes = rows.groupby(by)["lr"].first()
     evidence = {
         "points": {f"{k:g}": float(v) for k, v in medians.items()},
         "censored_seeds": {f"{k:g}": int(v) for k, v in censored.items()},
+        "lr": {f"{k:g}": float(v) for k, v in step_sizes.items()},
     }
     return loglog_slope(medians.index, medians.values), evidence
 
@@ -221,7 +224,15 @@ def decide_c7(table: pd.DataFrame) -> Verdict:
         for other in others
     }
     holds = all(r > 1.0 for r in ratios.values())
-    evidence = {"median_transfer_risk": medians.to_dict(), "ratios": ratios}
+    step_sizes = table.groupby("method")["lr"].first()
+    evidence = {
+        "median_transfer_risk": {
+            str(algorithm): {int(size): float(value) for size, value in column.items()}
+            for algorithm, column in medians.items()
+        },
+        "ratios": ratios,
+        "lr": {k: float(v) for k, v in step_sizes.items()},
+    }
     smallest = min(ratios, key=ratios.get)
     return Verdict(
         holds=bool(holds),

@@ -50,7 +50,7 @@ def trajectories(table: pd.DataFrame) -> Figure:
         ax.set_yscale("log")
         ax.set_xlabel("iteration")
         ax.set_ylabel(label)
-    axes[1].legend(fontsize=6)
+    axes[1].legend(fontsize=5.5, framealpha=0.6)
     fig.suptitle("linear representation learning (median, IQR over seeds)")
     return fig
 
@@ -90,7 +90,7 @@ def kappa(table: pd.DataFrame) -> Figure:
             for g in grid
         ]
         theory_line(ax, grid, bound, label="gradient-step bound κx·κF²·log(1/ε)")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=5.5, framealpha=0.6)
     return fig
 
 
@@ -100,7 +100,7 @@ def basis(table: pd.DataFrame) -> Figure:
     for ax, name in zip(axes, bases, strict=True):
         _iterations_vs(ax, table[table["basis"] == name], "kappa_x", "κ(Σx)")
         ax.set_title(f"Σx basis: {name}")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=5.5, framealpha=0.6)
     return fig
 
 
@@ -112,7 +112,7 @@ def transfer(table: pd.DataFrame) -> Figure:
     ax.set_yscale("log")
     ax.set_xlabel("transfer samples n_transfer")
     ax.set_ylabel("transfer excess risk")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=5.5, framealpha=0.6)
     return fig
 
 
@@ -130,7 +130,7 @@ def floor(table: pd.DataFrame) -> Figure:
     ax.set_yscale("log")
     ax.set_xlabel("n_eff − d (samples per step used by the G update, minus d)")
     ax.set_ylabel("stationary subspace distance")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=5.5, framealpha=0.6)
     return fig
 
 
@@ -151,5 +151,5 @@ def second_order(table: pd.DataFrame) -> Figure:
         ax.set_xlabel("damping μ")
         ax.set_ylabel("iterations to eps (censored = budget)")
         ax.set_title(f"κ(Σx) = {value:g}")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=5.5, framealpha=0.6)
     return fig
