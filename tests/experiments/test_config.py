@@ -210,3 +210,17 @@ def test_missing_config_is_refused(toy, tmp_path, monkeypatch, capsys):
     assert "no config for experiment 'toy'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_method_that_cannot_run_on_a_grid_point_is_refused_before_anything_runs(tmp_path):
+    """The problem's own cross-check (here single-index: undamped kfac needs n > d + 1)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "experiment: single-index-alignment\n"
+        "settings: {d: 16}\n"
+        "grid: {n_over_d: [0.5, 4.0]}\n"
+        "methods: {kfac: {damping: 0.0}}\n"
+        "seeds: 1\n"
+    )
+    with pytest.raises(ConfigError, match=r"methods\.kfac: .*damping must be > 0.*n_over_d=0\.5"):
+        load_config(path)

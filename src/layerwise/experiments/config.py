@@ -348,6 +348,15 @@ def resolve_config(
         label: _validate_method(problem, label, params, source)
         for label, params in config.methods.items()
     }
+    if problem.check_method is not None:
+        for point in points.values():
+            for label, spec in methods.items():
+                try:
+                    problem.check_method(point.settings, spec.name, spec.params)
+                except ValueError as error:
+                    where = ", ".join(f"{k}={v!r}" for k, v in point.values.items())
+                    at = f" at grid point {where}" if where else ""
+                    raise ConfigError(source, f"methods.{label}", f"{error}{at}") from None
     merged = {**merged, "seeds": list(config.seeds)}
     return ResolvedConfig(
         source=source,

@@ -88,11 +88,17 @@ class RunTask:
 
 @dataclass(frozen=True, kw_only=True)
 class Problem:
-    """A problem family: its settings model and its methods' hyperparameter models."""
+    """A problem family: its settings model and its methods' hyperparameter models.
+
+    ``check_method``: optional ``(settings, algorithm, params) -> None`` that raises
+    ``ValueError`` when a method cannot run on a grid point's settings (e.g. an undamped
+    inverse with n <= d); configs call it for every point x method before anything runs.
+    """
 
     name: str
     settings_model: type[BaseModel]
     method_models: Mapping[str, type[BaseModel]]
+    check_method: Callable[[BaseModel, str, BaseModel], None] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,13 +24,18 @@ from layerwise.experiments.registry import (
 
 from . import claims, figures
 from .settings import METHOD_MODELS, SingleIndexSettings
-from .simulation import run_task
+from .simulation import check_method, run_task
 
 #: Seeds per run: memory grows like seeds × (n + n_test) × d, about 0.6 GB at d = 512, n/d = 8.
 SEEDS_PER_RUN = 5
 
 PROBLEM = register_problem(
-    Problem(name="single_index", settings_model=SingleIndexSettings, method_models=METHOD_MODELS)
+    Problem(
+        name="single_index",
+        settings_model=SingleIndexSettings,
+        method_models=METHOD_MODELS,
+        check_method=check_method,
+    )
 )
 
 C9 = Claim(
