@@ -87,7 +87,7 @@ def make_plan(quick: bool) -> Plan:
         batches=[Setting(width=1024, batch=1024), Setting(width=1024, batch=4096)],
         rounds=5,
         min_rounds=3,
-        budget_s={"main": 130.0, "width": 20.0, "batch": 35.0},
+        budget_s={"main": 150.0, "width": 25.0, "batch": 40.0},
     )
 
 

@@ -73,7 +73,12 @@ def timed_subprocess(command: list[str], timeout_s: float) -> dict[str, Any]:
 
 
 def _display(command: list[str]) -> str:
-    return "layerwise " + " ".join(command[3:])
+    """The command as a user types it, with the scratch output folder elided."""
+    words = command[3:]
+    if "--out" in words:
+        index = words.index("--out")
+        words = [*words[: index + 1], "DIR", *words[index + 2 :]]
+    return "layerwise " + " ".join(words)
 
 
 def experiment_names() -> list[str]:

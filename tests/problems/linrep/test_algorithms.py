@@ -132,9 +132,13 @@ def test_theory_helpers():
     assert theory.kfac_iterations_to_eps(0.5, 1e-3) == math.ceil(math.log(1e-3) / math.log(0.5))
     assert theory.kfac_iterations_to_eps(2.5, 1e-3) == math.inf
     assert theory.gradient_rate_bound(10, 2) == pytest.approx(1 - 1 / 40)
+    assert theory.gradient_rate_bound(10, 2, lr=0.5) == pytest.approx(1 - 0.5 / 40)
+    assert theory.gradient_rate_bound(1, 1, lr=2.5) == pytest.approx(1.5)  # unstable step
     assert theory.gradient_iterations_to_eps(100, 1, 1e-3) == pytest.approx(100 * math.log(1e3))
     with pytest.raises(ValueError, match="kappa_x"):
         theory.gradient_rate_bound(0.5, 1)
     # Floor scale halves when n − d quadruples.
-    ratio = theory.kfac_floor_scale(0.1, 1, 0.1, 450, 50) / theory.kfac_floor_scale(0.1, 1, 0.1, 150, 50)
+    ratio = theory.kfac_floor_scale(0.1, 1, 0.1, 450, 50) / theory.kfac_floor_scale(
+        0.1, 1, 0.1, 150, 50
+    )
     assert ratio == pytest.approx(0.5)

@@ -99,3 +99,19 @@ def test_floor_claim_on_synthetic_table():
     verdict = claims.decide_c8(pd.DataFrame(rows))
     assert verdict.holds is True
     assert verdict.evidence["kfac"]["slope"] == pytest.approx(-0.5)
+
+
+def test_floor_quick_through_the_runner_store_and_report(tmp_path):
+    from layerwise.experiments import report
+    from layerwise.experiments.config import load_config
+    from layerwise.experiments.executors import InProcessExecutor
+    from layerwise.experiments.runner import run_experiment
+
+    from .quick import CONFIGS
+
+    config = load_config(CONFIGS / "linrep-floor.yaml", quick=True)
+    summary = run_experiment(config, tmp_path, InProcessExecutor(), progress=False)
+    assert not summary.failed and summary.done == summary.total
+    (section,) = [s for s in report.build(tmp_path) if s.name == "linrep-floor"]
+    assert not section.figure_errors
+    assert [c.verdict.holds in (True, False) for c in section.claims] == [True]

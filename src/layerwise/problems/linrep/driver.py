@@ -6,9 +6,9 @@ requested iterations, detects divergence, and stops early when the caller's stop
 so. ``tune_step_size`` implements the tuning stage: on the shared grid 2**lo … 2**hi and the tuning
 seeds (disjoint from the reported ones), pick the step size whose *worst* iterations-to-eps over
 the tuning seeds is smallest (a diverged or censored seed counts as infinite), ties broken by the
-fewest diverged tuning seeds, then by the smallest median distance at the stopping iteration. All R × T runs go in one batched simulation,
-which stops as soon as one step size has brought every tuning seed to eps: any step size not
-done by then is strictly worse.
+fewest diverged tuning seeds, then by the smallest median distance at the stopping iteration.
+All R × T runs go in one batched simulation, which stops as soon as one step size has brought
+every tuning seed to eps: any step size not done by then is strictly worse.
 """
 
 from __future__ import annotations

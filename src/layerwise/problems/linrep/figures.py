@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from layerwise.experiments.plots import median_band, new_figure, theory_line
+from layerwise.experiments.plots import (
+    METHOD_COLORS,
+    median_band,
+    method_color,
+    new_figure,
+    theory_line,
+)
 from layerwise.problems.linrep import theory
 
 
@@ -28,10 +34,24 @@ def _labelled(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(label=table["method"].map(names))
 
 
+def _value_ticks(ax, values) -> None:
+    """Label a log x axis at the grid values only (minor tick labels overlap otherwise)."""
+    values = np.unique(np.asarray(values, dtype=float))
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.set_xticks([], minor=True)
+
+
 def _band(ax, table, x, y, **kwargs):
-    """median_band keyed by method (fixed colours), legend text with the step size."""
+    """median_band keyed by method (fixed colours), legend text with the step size.
+
+    Labels without a fixed colour in ``METHOD_COLORS`` get a hashed colour that may repeat a
+    fixed one, so they are drawn dotted to stay distinguishable.
+    """
     table = _labelled(table)
-    median_band(ax, table, x=x, y=y, by="method", **kwargs)
+    fixed = table["method"].isin(list(METHOD_COLORS))
+    median_band(ax, table[fixed], x=x, y=y, by="method", **kwargs)
+    if (~fixed).any():
+        median_band(ax, table[~fixed], x=x, y=y, by="method", **{**kwargs, "linestyle": ":"})
     names = dict(zip(table["method"], table["label"], strict=False))
     for line in ax.get_lines():
         if line.get_label() in names:
@@ -59,6 +79,7 @@ def _iterations_vs(ax, rows: pd.DataFrame, varying: str, xlabel: str) -> None:
     _band(ax, rows, varying, "iterations_to_eps", marker="o")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _value_ticks(ax, rows[varying])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("iterations to eps (censored = budget)")
     if not rows.empty:
@@ -110,6 +131,7 @@ def transfer(table: pd.DataFrame) -> Figure:
     _band(ax, table, "n_transfer", "transfer_risk", marker="o")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _value_ticks(ax, table["n_transfer"])
     ax.set_xlabel("transfer samples n_transfer")
     ax.set_ylabel("transfer excess risk")
     ax.legend(fontsize=5.5, framealpha=0.6)
@@ -128,6 +150,7 @@ def floor(table: pd.DataFrame) -> Figure:
         theory_line(ax, x, anchor / np.sqrt(x), label="slope −½ (through kfac's first point)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _value_ticks(ax, table["n_effective_minus_d"])
     ax.set_xlabel("n_eff − d (samples per step used by the G update, minus d)")
     ax.set_ylabel("stationary subspace distance")
     ax.legend(fontsize=5.5, framealpha=0.6)
@@ -144,7 +167,11 @@ def second_order(table: pd.DataFrame) -> Figure:
         for method, group in rows[rows["algorithm"] == "kfac"].groupby("method"):
             median = group["iterations_to_eps"].median()
             ax.axhline(
-                median, linestyle="-.", linewidth=1, label=f"{method} (lr {group['lr'].iloc[0]:g})"
+                median,
+                color=method_color(str(method)),
+                linestyle="-.",
+                linewidth=1.2,
+                label=f"{method} (lr {group['lr'].iloc[0]:g}), median",
             )
         ax.set_xscale("log")
         ax.set_yscale("log")

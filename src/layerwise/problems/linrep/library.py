@@ -54,7 +54,9 @@ def make_optimizer(
         case "muon":
             return optim.Muon(model.parameters(), lr=lr, **options)
         case _:
-            raise ValueError(f"unknown library optimizer {algorithm!r}; known: {LIBRARY_ALGORITHMS}")
+            raise ValueError(
+                f"unknown library optimizer {algorithm!r}; known: {LIBRARY_ALGORITHMS}"
+            )
 
 
 class LibraryMethod(Method):

@@ -40,13 +40,23 @@ def kfac_iterations_to_eps(lr: float, eps: float, initial_distance: float = 1.0)
     return float(math.ceil(math.log(eps / initial_distance) / math.log(rate)))
 
 
-def gradient_rate_bound(kappa_x: float, kappa_f: float) -> float:
-    """Best per-step contraction ``1 − 1/(κx κF²)`` of a gradient step on G (λmax = σmax = 1)."""
+def gradient_rate_bound(kappa_x: float, kappa_f: float, lr: float | None = None) -> float:
+    """Per-step contraction of a gradient step on G at a fixed head F ≈ F⋆ (λmax = σmax = 1).
+
+    Linearizing at the target, the error is multiplied by ``I − η (FᵀF) ⊗ Σx`` whose eigenvalues
+    are ``1 − η σi(F)² λj(Σx)``, so the rate is ``max(|1 − η/(κx κF²)|, |1 − η|)`` (heuristic:
+    it ignores the coupling of row(G⋆) and its complement through a rotated Σx). ``lr=None``
+    gives the best step η = 1 and the rate ``1 − 1/(κx κF²)``.
+    """
     if kappa_x < 1 or kappa_f < 1:
         raise ValueError(
             f"condition numbers must be >= 1, got kappa_x={kappa_x}, kappa_f={kappa_f}"
         )
-    return 1.0 - 1.0 / (kappa_x * kappa_f**2)
+    if lr is None:
+        lr = 1.0
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    return max(abs(1.0 - lr / (kappa_x * kappa_f**2)), abs(1.0 - lr))
 
 
 def gradient_iterations_to_eps(
