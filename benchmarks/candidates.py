@@ -251,7 +251,7 @@ def our_candidates(setting: Setting, *, exact: bool = True) -> tuple[list[Candid
             )
         )
     if exact:
-        exact_block = 2
+        exact_block = 1  # one refresh period
         found += [
             Candidate(
                 "layerwise Shampoo exact",

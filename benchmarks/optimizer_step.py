@@ -66,8 +66,10 @@ class Plan:
     main: Setting
     width: Setting
     batches: list[Setting]
-    rounds: int
-    min_rounds: int
+    #: per section: at most ``rounds`` timed rounds; at least ``min_rounds``, more while the
+    #: section has spent less than ``budget_s``.
+    rounds: dict[str, int]
+    min_rounds: dict[str, int]
     budget_s: dict[str, float]
 
 
@@ -77,17 +79,17 @@ def make_plan(quick: bool) -> Plan:
             main=Setting(width=64, batch=32, refresh_every=4),
             width=Setting(width=32, batch=32, refresh_every=4),
             batches=[Setting(width=64, batch=128, refresh_every=4)],
-            rounds=1,
-            min_rounds=1,
+            rounds={"main": 1, "width": 1, "batch": 1},
+            min_rounds={"main": 1, "width": 1, "batch": 1},
             budget_s={"main": 5.0, "width": 2.0, "batch": 2.0},
         )
     return Plan(
         main=Setting(width=1024, batch=256),
         width=Setting(width=256, batch=256),
         batches=[Setting(width=1024, batch=1024), Setting(width=1024, batch=4096)],
-        rounds=5,
-        min_rounds=3,
-        budget_s={"main": 150.0, "width": 25.0, "batch": 40.0},
+        rounds={"main": 6, "width": 6, "batch": 4},
+        min_rounds={"main": 3, "width": 3, "batch": 2},
+        budget_s={"main": 110.0, "width": 20.0, "batch": 30.0},
     )
 
 
@@ -122,8 +124,8 @@ def run_section(
     timed = interleave(
         {c.name: trainers[c.name].step for c in runnable},
         {c.name: c.block_steps for c in runnable},
-        rounds=plan.rounds,
-        min_rounds=plan.min_rounds,
+        rounds=plan.rounds[section],
+        min_rounds=plan.min_rounds[section],
         budget_s=plan.budget_s[section],
         canary=canary,
     )

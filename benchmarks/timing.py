@@ -110,18 +110,26 @@ def interleave(
     min_rounds: int,
     budget_s: float,
     canary: Canary,
+    warmup_steps: int = 2,
 ) -> dict[str, Timed]:
     """Run every candidate for ``rounds`` rounds of one block each (fewer, but at least
     ``min_rounds``, once ``budget_s`` is spent), a canary between any two blocks.
 
     ``runners[name]()`` performs one training step. A candidate that raises is reported with
-    its error and dropped from later rounds. The first round is a warm-up and is not kept
-    (lazy state, allocator, first refresh).
+    its error and dropped from later rounds. First each candidate takes ``warmup_steps``
+    untimed steps (lazy state, allocator, first refresh); any ``k`` consecutive steps then hold
+    exactly one refresh of period ``k``, so the blocks need no further alignment.
     """
     results = {name: Timed(name) for name in runners}
     names = list(runners)
+    for name in names:
+        try:
+            for _ in range(min(warmup_steps, block_steps[name])):
+                runners[name]()
+        except Exception as error:  # a peer library failing is a result, not a crash
+            results[name].error = f"{type(error).__name__}: {error}"
     start = time.perf_counter()
-    for round_index in range(rounds + 1):
+    for round_index in range(1, rounds + 1):
         # Rotate the order so that no candidate always follows the same neighbour.
         offset = round_index % len(names)
         for name in names[offset:] + names[:offset]:
@@ -135,11 +143,10 @@ def interleave(
                     step_start = time.perf_counter()
                     runners[name]()
                     step_times.append(time.perf_counter() - step_start)
-            except Exception as error:  # a peer library failing is a result, not a crash
+            except Exception as error:
                 timed.error = f"{type(error).__name__}: {error}"
                 continue
-            if round_index > 0:
-                timed.blocks.append(Block(round_index, before, step_times))
+            timed.blocks.append(Block(round_index, before, step_times))
         if round_index >= min_rounds and time.perf_counter() - start > budget_s:
             break
     canary()

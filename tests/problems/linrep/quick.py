@@ -29,6 +29,6 @@ def _run_quick(name: str) -> tuple[pd.DataFrame, object]:
 
 
 def run_quick(name: str) -> tuple[pd.DataFrame, object]:
-    """:func:`_run_quick`, computed once per test session (callers get a copy of the table)."""
+    """:func:`_run_quick`, computed once per pytest run (callers get a copy of the table)."""
     table, config = _run_quick(name)
     return table.copy(), config

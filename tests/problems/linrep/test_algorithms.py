@@ -110,6 +110,23 @@ def test_methods_refuse_sample_sizes_they_cannot_use():
     with pytest.raises(ValueError, match="n=20 too small for undamped kfac"):
         check_compatible(s, "kfac", KfacParams())
     check_compatible(s, "kfac", KfacParams(damping_g=0.1))
+    check_compatible(s, "dfw", METHOD_MODELS["dfw"](too_few_samples="skip"))
+
+
+def test_configs_refuse_an_undamped_kfac_without_enough_samples():
+    from layerwise.experiments.config import ConfigError, resolve_config
+
+    config = {
+        "experiment": "linrep-kappa",
+        "settings": {"d": 10, "k": 2, "dy": 3},
+        "grid": {"n": [40, 10]},
+        "methods": {"kfac_half": {"method": "kfac", "lr": 0.5}},
+        "seeds": 1,
+    }
+    with pytest.raises(ConfigError, match=r"methods\.kfac_half.*n=10 too small"):
+        resolve_config(config)
+    config["methods"]["kfac_half"]["damping_g"] = 0.01
+    resolve_config(config)
 
 
 @pytest.mark.parametrize(
@@ -127,7 +144,7 @@ def test_hyperparameters_refuse_impossible_values(model, fields, name):
         METHOD_MODELS[model](**fields)
 
 
-def test_theory_helpers():
+def test_theory_formulas():
     assert theory.kfac_iterations_to_eps(1.0, 1e-3) == 1.0
     assert theory.kfac_iterations_to_eps(0.5, 1e-3) == math.ceil(math.log(1e-3) / math.log(0.5))
     assert theory.kfac_iterations_to_eps(2.5, 1e-3) == math.inf

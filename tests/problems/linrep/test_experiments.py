@@ -39,6 +39,17 @@ def test_quick_experiment_runs_and_decides(name):
         plt.close(fig)
 
 
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_full_configs_validate(name):
+    from layerwise.experiments.config import load_config
+
+    from .quick import CONFIGS
+
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert config.experiment.name == name and config.points
+    assert len(config.seeds) == 10
+
+
 def test_registered_experiments_and_claims():
     experiments = registry.experiments()
     for name in EXPERIMENTS:

@@ -14,13 +14,18 @@ from layerwise.experiments.registry import (
     register_problem,
 )
 from layerwise.problems.linrep import claims, figures, runs
-from layerwise.problems.linrep.settings import METHOD_MODELS, LinrepSettings
+from layerwise.problems.linrep.settings import METHOD_MODELS, LinrepSettings, check_compatible
 
 #: All seeds of a method go in one run (the algorithms are vectorized over seeds).
 SEEDS_PER_RUN = 1000
 
 PROBLEM = register_problem(
-    Problem(name="linrep", settings_model=LinrepSettings, method_models=METHOD_MODELS)
+    Problem(
+        name="linrep",
+        settings_model=LinrepSettings,
+        method_models=METHOD_MODELS,
+        check_method=check_compatible,
+    )
 )
 
 

@@ -51,6 +51,7 @@ from layerwise.problems.linrep.settings import (
     TUNING_SEED_OFFSET,
     LinrepSettings,
     check_compatible,
+    has_enough_samples,
 )
 
 #: Steps timed by :func:`step_cost`.
@@ -85,11 +86,11 @@ def _dampings(spec: MethodSpec) -> tuple[float, ...]:
     return tuple(getattr(spec.params, "damping", (float("nan"),)))
 
 
-def _check(task: RunTask, skip_incompatible: bool = False) -> tuple[LinrepSettings, dict]:
+def _check(task: RunTask) -> tuple[LinrepSettings, dict]:
     """Validate the task; return the settings and the methods to run.
 
-    With ``skip_incompatible`` a method the settings cannot support (e.g. dfw with n/2 <= d + 1)
-    is left out instead of refused.
+    A method the settings cannot support is refused (``check_compatible``), unless its
+    parameters ask to skip such points (dfw with ``too_few_samples: skip``): it is then left out.
     """
     settings = task.settings
     if not isinstance(settings, LinrepSettings):
@@ -101,10 +102,9 @@ def _check(task: RunTask, skip_incompatible: bool = False) -> tuple[LinrepSettin
         try:
             check_compatible(settings, spec.name, spec.params)
         except ValueError as error:
-            if skip_incompatible:
-                continue
             raise ValueError(f"method {label!r}: {error}") from None
-        methods[label] = spec
+        if has_enough_samples(settings, spec.name):
+            methods[label] = spec
     return settings, methods
 
 
@@ -115,10 +115,9 @@ def run_methods(
     metrics: tuple[str, ...] = (),
     to_budget: bool = False,
     final_transfer: bool = False,
-    skip_incompatible: bool = False,
 ) -> tuple[LinrepSettings, list[MethodRun]]:
     """Tune (where asked) and simulate every method of ``task`` on the paired seeds."""
-    settings, methods = _check(task, skip_incompatible)
+    settings, methods = _check(task)
     runs = []
     with single_thread():
         instance = make_instance(settings, tuple(task.seeds), task.device)
@@ -243,7 +242,7 @@ def run_transfer(task: RunTask) -> pd.DataFrame:
 
 def run_floor(task: RunTask) -> pd.DataFrame:
     """Stationary distance (median over the last half of the budget) per seed and method."""
-    settings, runs = run_methods(task, to_budget=True, skip_incompatible=True)
+    settings, runs = run_methods(task, to_budget=True)
     rows = []
     for run in runs:
         tail = run.trace.distance[settings.iterations // 2 :, 0, :]

@@ -126,7 +126,13 @@ class AmdParams(_Params):
 
 
 class DfwParams(_Params):
-    """Split batch: least-squares head on the first half, whitened G step on the second."""
+    """Split batch: least-squares head on the first half, whitened G step on the second.
+
+    ``too_few_samples``: what to do at a grid point where the halves are too small
+    (n/2 <= d + 1): ``refuse`` the config, or ``skip`` the method there (no rows).
+    """
+
+    too_few_samples: Literal["refuse", "skip"] = "refuse"
 
 
 class KfacParams(_Params):
@@ -216,9 +222,19 @@ METHOD_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-def check_compatible(settings: LinrepSettings, algorithm: str, params: BaseModel) -> None:
-    """Refuse a method that cannot run on these settings, naming the field and value."""
-    if algorithm == "dfw" and settings.n // 2 <= settings.d + 1:
+def has_enough_samples(settings: LinrepSettings, algorithm: str) -> bool:
+    """False where dfw's half batches are too small for Σ̂x⁻¹ (n/2 <= d + 1)."""
+    return not (algorithm == "dfw" and settings.n // 2 <= settings.d + 1)
+
+
+def check_compatible(settings: BaseModel, algorithm: str, params: BaseModel) -> None:
+    """Refuse a method that cannot run on these settings, naming the field and value.
+
+    The problem's ``check_method``: configs call it for every grid point and method before
+    anything runs. dfw with ``too_few_samples: skip`` is allowed (the run leaves it out).
+    """
+    skip = getattr(params, "too_few_samples", "refuse") == "skip"
+    if not has_enough_samples(settings, algorithm) and not skip:
         raise ValueError(
             f"n={settings.n} too small for dfw: each half batch needs "
             f"n/2 > d + 1 = {settings.d + 1}"
