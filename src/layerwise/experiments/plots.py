@@ -30,6 +30,8 @@ METHOD_COLORS: dict[str, str] = {
     "dfw": "#9467bd",
     "kfac": "#d62728",
     "kfac_half": "#ff7f0e",
+    "kfac_one": "#8b0000",
+    "kfac_eighth": "#ffbb78",
     "adam": "#2ca02c",
     "adam_ls": "#98df8a",
     "batchnorm": "#8c564b",

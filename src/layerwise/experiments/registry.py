@@ -108,6 +108,9 @@ class Experiment:
     ``seeds_per_run``: how many seeds one :class:`RunTask` carries (problems vectorized over
     seeds use more than one). ``split_methods``: if True each method is its own run; if False
     one run carries all methods of the config (so they can share data and initialization).
+    ``timing_columns`` names columns that hold wall-clock measurements (e.g. seconds per
+    iteration): they vary between identical invocations; every other column is deterministic
+    (the same command and seeds give identical values on the same machine).
     ``figures`` maps a figure name to a function ``(table) -> matplotlib Figure`` (the report
     saves it as ``<experiment>-<name>`` PNG and PDF), or ``(table, out_dir) -> paths`` for a
     function that writes its own files (see :func:`layerwise.experiments.report.draw`).
@@ -121,6 +124,7 @@ class Experiment:
     figures: Mapping[str, Callable[[pd.DataFrame], Any]] = field(default_factory=dict)
     seeds_per_run: int = 1
     split_methods: bool = True
+    timing_columns: tuple[str, ...] = ()
 
 
 _PROBLEMS: dict[str, Problem] = {}

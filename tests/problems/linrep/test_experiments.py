@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from layerwise.experiments import registry
 from layerwise.problems.linrep import claims
 
+from . import quick as quick_module
 from .quick import run_quick
 
 EXPERIMENTS = [
@@ -126,3 +127,12 @@ def test_floor_quick_through_the_runner_store_and_report(tmp_path):
     (section,) = [s for s in report.build(tmp_path) if s.name == "linrep-floor"]
     assert not section.figure_errors
     assert [c.verdict.holds in (True, False) for c in section.claims] == [True]
+
+
+def test_tables_are_deterministic_except_the_declared_timing_columns():
+    """Same config and seeds -> identical rows; only `Experiment.timing_columns` may differ."""
+    first, config = run_quick("linrep-transfer")
+    rerun = quick_module._run_quick.__wrapped__("linrep-transfer")[0]
+    timing = list(config.experiment.timing_columns)
+    assert timing == ["seconds_per_iteration"]
+    pd.testing.assert_frame_equal(first.drop(columns=timing), rerun.drop(columns=timing))

@@ -40,6 +40,7 @@ def _experiment(name: str, description: str, run, claim_list, figure) -> Experim
             figures={name.removeprefix("linrep-"): figure},
             seeds_per_run=SEEDS_PER_RUN,
             split_methods=True,
+            timing_columns=("seconds_per_iteration",),
         )
     )
 
