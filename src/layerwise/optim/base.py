@@ -61,6 +61,18 @@ PROFILE_APPLY = "layerwise.apply"
 
 
 @dataclass(frozen=True)
+class _Prepared:
+    """A Kronecker block's step up to its application (see ``_prepare_direction``)."""
+
+    state: dict[str, Any]
+    grad: Tensor
+    first_moment: Tensor
+    step: int
+    momentum: float
+    nesterov: bool
+
+
+@dataclass(frozen=True)
 class Block:
     """Parameters preconditioned together as one ``(m, n)`` matrix (state lives on the first).
 
@@ -216,6 +228,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         updates: list[tuple[dict[str, Any], Block, Tensor]] = []
         for group, blocks in work:
             config = self.kronecker_config(group) if any(b.kronecker for b in blocks) else None
+            if config is not None and kronecker.applies_batched(config):
+                updates += self._batched_directions(group, blocks, config)
+                continue
             for block in blocks:
                 updates.append((group, block, self._direction(group, block, config)))
         updates = self.finalize_updates(updates)
@@ -233,6 +248,44 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _direction(
         self, group: dict[str, Any], block: Block, config: KroneckerConfig | None
     ) -> Tensor:
+        prepared = self._prepare_direction(group, block, config)
+        if isinstance(prepared, Tensor):  # the Adam path is done
+            return prepared
+        assert config is not None
+        with _phase(PROFILE_APPLY):
+            applied = kronecker.apply(
+                config,
+                prepared.state,
+                prepared.first_moment,
+                grad=prepared.grad,
+                step=prepared.step,
+            )
+        return self._finish_direction(group, prepared, applied)
+
+    def _batched_directions(
+        self, group: dict[str, Any], blocks: list[Block], config: KroneckerConfig
+    ) -> list[tuple[dict[str, Any], Block, Tensor]]:
+        """As :meth:`_direction` for every block, with the (stateless) application of all
+        Kronecker blocks in one :func:`~layerwise.optim.kronecker.apply_batched` call, which
+        runs same-shape matrices as one batched product (Muon's Newton–Schulz)."""
+        prepared = [self._prepare_direction(group, block, config) for block in blocks]
+        pending = [p for p in prepared if not isinstance(p, Tensor)]
+        with _phase(PROFILE_APPLY):
+            applied = iter(kronecker.apply_batched(config, [p.first_moment for p in pending]))
+        return [
+            (
+                group,
+                block,
+                p if isinstance(p, Tensor) else self._finish_direction(group, p, next(applied)),
+            )
+            for block, p in zip(blocks, prepared, strict=True)
+        ]
+
+    def _prepare_direction(
+        self, group: dict[str, Any], block: Block, config: KroneckerConfig | None
+    ) -> Tensor | _Prepared:
+        """Everything of a block's step before the application: state, first moment,
+        statistics and refresh. Returns the final direction for Adam-path blocks."""
         state = self.state[block.key]
         grad = block.matrix([p.grad for p in block.params])
         if not state:
@@ -256,21 +309,27 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         )
 
         if not block.kronecker:
-            direction = adam_direction(state, first_moment, grad, beta2, group["eps"], step)
-        else:
-            assert config is not None
-            if config.uses_statistics and (step - 1) % group["statistics_every"] == 0:
-                with _phase(PROFILE_STATISTICS):
-                    left, right = self.statistics(group, block, config, grad)
-                    kronecker.accumulate(config, state, left, right)
-            if config.uses_statistics and (step - 1) % group["refresh_every"] == 0:
-                with _phase(PROFILE_REFRESH):
-                    self.refresh(group, block, config, state)
-            with _phase(PROFILE_APPLY):
-                direction = kronecker.apply(config, state, first_moment, grad=grad, step=step)
-                direction = self.postprocess(group, state, direction, first_moment, grad)
+            return adam_direction(state, first_moment, grad, beta2, group["eps"], step)
+        assert config is not None
+        if config.uses_statistics and (step - 1) % group["statistics_every"] == 0:
+            with _phase(PROFILE_STATISTICS):
+                left, right = self.statistics(group, block, config, grad)
+                kronecker.accumulate(config, state, left, right)
+        if config.uses_statistics and (step - 1) % group["refresh_every"] == 0:
+            with _phase(PROFILE_REFRESH):
+                self.refresh(group, block, config, state)
+        return _Prepared(state, grad, first_moment, step, momentum, nesterov)
 
-        if momentum and block.kronecker:  # the Adam path has its own first moment
+    def _finish_direction(
+        self, group: dict[str, Any], prepared: _Prepared, applied: Tensor
+    ) -> Tensor:
+        """Post-processing (grafting, scaling) and heavy-ball momentum of a Kronecker block."""
+        state, momentum, nesterov = prepared.state, prepared.momentum, prepared.nesterov
+        with _phase(PROFILE_APPLY):
+            direction = self.postprocess(
+                group, state, applied, prepared.first_moment, prepared.grad
+            )
+        if momentum:
             buffer = state.get(MOMENTUM_BUFFER)
             if buffer is None:
                 buffer = state[MOMENTUM_BUFFER] = torch.zeros_like(direction)
@@ -298,10 +357,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         exp_avg: Tensor = state[EXP_AVG]
         exp_avg.lerp_(grad, 1.0 - beta1)
         bias_correction = not kronecker or self.first_moment_bias_correction
-        moment = exp_avg / (1.0 - beta1**step) if bias_correction else exp_avg.clone()
         if nesterov:
-            return moment.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        return moment
+            # β₁ M̂ + (1 − β₁) G as one lerp (torch.optim.Muon's form): no copy of M.
+            moment = exp_avg / (1.0 - beta1**step) if bias_correction else exp_avg
+            return torch.lerp(grad, moment, beta1)
+        return exp_avg / (1.0 - beta1**step) if bias_correction else exp_avg.clone()
 
     def _init_state(
         self,

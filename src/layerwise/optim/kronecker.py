@@ -373,7 +373,7 @@ def _rotated_first_moment(
     beta1: float,
     step: int,
 ) -> Tensor:
-    """:math:`Q_L^\top \hat M Q_R` from the first moment kept in the eigenbasis (see
+    r""":math:`Q_L^\top \hat M Q_R` from the first moment kept in the eigenbasis (see
     :class:`EigenbasisAdam`); after a refresh it is rotated from ``direction`` once."""
     if beta1 == 0.0:
         return rotated_grad
@@ -385,6 +385,49 @@ def _rotated_first_moment(
     else:
         kept.lerp_(rotated_grad, 1.0 - beta1)
     return kept / correction
+
+
+def applies_batched(config: KroneckerConfig) -> bool:
+    """Whether :func:`apply_batched` may replace per-layer :func:`apply` calls: the transform
+    is a stateless function of the direction that batches (Newton–Schulz)."""
+    match config.transform:
+        case Orthogonalize(method=PolarMethod.NEWTON_SCHULZ):
+            return True
+        case _:
+            return False
+
+
+def apply_batched(config: KroneckerConfig, directions: list[Tensor]) -> list[Tensor]:
+    """:func:`apply` for several layers at once (see :func:`applies_batched`): matrices of
+    one shape, dtype and device are stacked and orthogonalized as one batch, so each
+    Newton–Schulz product is one batched matmul (several times faster for bf16 on CPUs).
+    Equal to per-layer :func:`apply` up to round-off."""
+    match config.transform:
+        case Orthogonalize(
+            method=PolarMethod.NEWTON_SCHULZ,
+            coefficients=coefficients,
+            steps=steps,
+            compute_dtype=compute_dtype,
+        ):
+            pass
+        case other:
+            raise TypeError(f"transform {other!r} is not applied in batches")
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, direction in enumerate(directions):
+        key = (tuple(direction.shape), direction.dtype, direction.device)
+        groups.setdefault(key, []).append(index)
+    results: list[Tensor | None] = [None] * len(directions)
+    for indices in groups.values():
+        stacked = torch.stack([directions[i] for i in indices])
+        polar = matrix.newton_schulz_polar(
+            stacked if len(indices) > 1 else stacked[0],
+            coefficients=coefficients,
+            steps=steps,
+            compute_dtype=compute_dtype,
+        )
+        for position, i in enumerate(indices):
+            results[i] = polar[position] if len(indices) > 1 else polar
+    return results  # type: ignore[return-value]
 
 
 def apply(
