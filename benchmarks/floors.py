@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from benchmarks.candidates import LR, Candidate, Setting, Trainer
 
+
 class FloorWork:
     r"""The products and decompositions a method cannot avoid, as bare torch calls on the real
     gradients, run after ``backward`` of an AdamW step (forward, backward and a first-order

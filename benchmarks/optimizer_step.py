@@ -39,11 +39,11 @@ from benchmarks.candidates import (
     Unavailable,
     adamw_candidate,
     build_mlp,
-    floor_candidates,
     instantiate,
     our_candidates,
     peer_candidates,
 )
+from benchmarks.floors import floor_candidates
 from benchmarks.timing import Canary, Timed, interleave, paired_ratio, time_calls
 
 SEED = 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.candidates import FloorWork, Setting, build_mlp, make_batches
+from benchmarks.candidates import Setting, build_mlp, make_batches
+from benchmarks.floors import FloorWork
 from benchmarks.timing import Block, Canary, Timed, paired_ratio
 
 from benchmarks import optimizer_step
