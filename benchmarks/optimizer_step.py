@@ -88,8 +88,8 @@ def make_plan(quick: bool) -> Plan:
         width=Setting(width=256, batch=256),
         batches=[Setting(width=1024, batch=1024), Setting(width=1024, batch=4096)],
         rounds={"main": 6, "width": 6, "batch": 4},
-        min_rounds={"main": 3, "width": 3, "batch": 2},
-        budget_s={"main": 110.0, "width": 20.0, "batch": 30.0},
+        min_rounds={"main": 3, "width": 3, "batch": 3},
+        budget_s={"main": 110.0, "width": 20.0, "batch": 40.0},
     )
 
 
