@@ -200,7 +200,7 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(
                 f"{rate['experiment']} (quick, one thread): {rate['gflop']:.2f} GFLOP of products "
                 f"in {rate['seconds']:.1f} s = {rate['gflops']:.2f} GFLOP/s, "
-                f"{100 * share:.0f}% of fp64 matmul"
+                f"{100 * share:.1f}% of fp64 matmul"
             )
     return "\n".join(lines)
 
