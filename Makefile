@@ -34,6 +34,8 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 bench: setup
+	# The peers are optional: one that fails to install or construct is reported, not fatal.
+	-$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python -m benchmarks.optimizer_step --json results/bench/optimizer_step.json
 
 clean:
