@@ -17,6 +17,7 @@ written).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # stored with the results
     match args.command:
         case "list":
-            return command_list()
+            try:
+                return command_list()
+            except BrokenPipeError:  # `layerwise list | head`: the reader has what it wanted;
+                # point stdout at devnull so the interpreter's final flush does not fail too.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
         case "run":
             return command_run(args)
         case "report":

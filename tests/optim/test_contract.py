@@ -124,8 +124,8 @@ def test_too_many_consecutive_failures_raise(monkeypatch):
 def test_lr_scheduler_drives_the_step_size(factory):
     model = make_mlp()
     optimizer = factory(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.0)
-    scheduler.step()
+    # LambdaLR sets lr = base_lr * lambda(0) = 0 at construction.
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.0)
     before = copy.deepcopy(model.state_dict())
     train(model, optimizer, regression_batches(2))
     weight_decay_free = all(g.get("weight_decay", 0.0) == 0.0 for g in optimizer.param_groups)
