@@ -444,3 +444,25 @@ def test_closure_step_equals_the_explicit_loop():
         reference.step()
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_second_moment_rescaling_is_exact_and_drops_only_negligible_entries():
+    """Denormal guard of the statistics: power-of-two rescaling changes nothing (float64 and
+    float32, bit for bit); entries below √tiny of the largest one are dropped, which moves the
+    factor by far less than the format's resolution."""
+    from layerwise.optim.kfac_curvature import FactorKind, second_moment
+
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    tiny = rows * 2.0**-80
+    assert torch.equal(second_moment(tiny, FactorKind.DENSE, 3.0), (tiny.mT @ tiny) * 3.0)
+    rows32 = (rows * 2.0**-50).float()
+    assert torch.equal(second_moment(rows32, FactorKind.DENSE, 1.0), rows32.mT @ rows32)
+    # A column 2^-70 below the rest: in float32 its products with itself are denormal.
+    wide = rows32.clone()
+    wide[:, 0] *= 2.0**-70
+    result = second_moment(wide, FactorKind.DENSE, 1.0)
+    plain = wide.double().mT @ wide.double()
+    assert result[0, 0] == 0.0 and result[0, 1] == 0.0  # the dropped column
+    error = (result.double() - plain).abs().max() / plain.abs().max()
+    assert error < 1e-6  # float32 round-off of the whole factor; the drop itself is ~2^-70
