@@ -31,7 +31,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
@@ -313,10 +312,3 @@ def git_commit() -> str | None:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def load_latest(out_dir: str | Path, experiment: str) -> pd.DataFrame:
-    """The rows of the runs of the latest invocation of ``experiment`` (all rows if none)."""
-    record = store.read_invocation(out_dir, experiment)
-    run_ids = record.get("run_ids") if record else None
-    return store.load(out_dir, experiment, run_ids)

@@ -33,7 +33,6 @@ directions are checked again before they are written, so no NaN reaches a parame
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -423,8 +422,3 @@ def _all_finite(tensors: Sequence[Tensor]) -> bool:
     """
     extremes = [value for t in tensors if t.numel() for value in torch.aminmax(t)]
     return not extremes or bool(torch.stack(extremes).isfinite().all())
-
-
-def rms_scale(shape: tuple[int, int]) -> float:
-    """Muon's shape scale √max(1, m/n) (Jordan et al.) for an ``(m, n)`` update."""
-    return math.sqrt(max(1.0, shape[0] / shape[1]))

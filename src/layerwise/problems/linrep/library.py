@@ -18,9 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from layerwise import optim
+from layerwise.optim.matrix import DecompositionError
 from layerwise.problems.linrep.algorithms import Method
-from layerwise.problems.linrep.data import Batch, Instance
-from layerwise.problems.linrep.settings import LibraryParams, LinrepSettings
+from layerwise.problems.linrep.data import Batch
+from layerwise.problems.linrep.settings import LibraryParams
 
 LIBRARY_ALGORITHMS = ("library_kfac", "shampoo", "soap", "muon")
 
@@ -41,8 +43,6 @@ def make_optimizer(
     algorithm: str, model: nn.Module, lr: float, options: dict
 ) -> torch.optim.Optimizer:
     """The library optimizer named by ``algorithm`` for ``model``."""
-    from layerwise import optim
-
     match algorithm:
         case "library_kfac":
             settings = {"loss": "mse", "curvature": "ggn", "exact": True, **options}
@@ -82,23 +82,7 @@ class LibraryMethod(Method):
                 self.optimizers.append(make_optimizer(algorithm, model, step_size, params.options))
         self._remember_initial()
 
-    @classmethod
-    def for_instance(
-        cls,
-        algorithm: str,
-        params: LibraryParams,
-        instance: Instance,
-        lr: list[float],
-        settings: LinrepSettings,
-    ) -> LibraryMethod:
-        device = instance.features.device
-        lr_tensor = torch.tensor(lr, dtype=instance.features.dtype, device=device)
-        lr_tensor = lr_tensor.reshape(-1, 1, 1, 1)
-        return cls(algorithm, params, instance.init_features, instance.init_head, lr_tensor)
-
     def step(self, batch: Batch) -> None:
-        from layerwise.optim.matrix import DecompositionError
-
         failed = torch.zeros_like(self.failed)
         for index, (model, optimizer) in enumerate(zip(self.models, self.optimizers, strict=True)):
             r, s = divmod(index, self.seeds)
