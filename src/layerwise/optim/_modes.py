@@ -1,8 +1,11 @@
-"""The exact / amortized switch shared by every optimizer (``exact=True``)."""
+"""What every optimizer shares about its mode: the exact / amortized switch (``exact=True``)
+and the names of the precisions its per-step products may run in."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 
 def resolve_mode(
@@ -21,3 +24,23 @@ def resolve_mode(
         if value is None:
             resolved[name] = exact_value if exact else amortized[name]
     return resolved
+
+
+#: Precisions the per-step products of a preconditioner may run in, by name
+#: (``precondition_dtype`` of Shampoo / SOAP / KFAC, ``ns_dtype`` of Muon).
+COMPUTE_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def compute_dtype(name: str | None, *, knob: str) -> torch.dtype | None:
+    """The dtype called ``name`` (``None``: the parameters' own), or a ValueError naming
+    ``knob`` and the choices."""
+    if name is None:
+        return None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"Invalid {knob}: {name!r} (one of {sorted(COMPUTE_DTYPES)} or None)")
+    return COMPUTE_DTYPES[name]

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from layerwise.optim import kronecker
+from layerwise.optim._modes import COMPUTE_DTYPES
 from layerwise.optim.kronecker import KroneckerConfig
 
 # State keys of the shell.
@@ -129,6 +130,8 @@ def check_hyperparameters(**values: Any) -> None:
         "momentum": lambda v: 0 <= v < 1,
         "refresh_every": lambda v: isinstance(v, int) and v >= 1,
         "statistics_every": lambda v: isinstance(v, int) and v >= 1,
+        "precondition_dtype": lambda v: v is None or v in COMPUTE_DTYPES,
+        "ns_dtype": lambda v: v is None or v in COMPUTE_DTYPES,
     }
     for name, value in values.items():
         if name == "betas":
@@ -402,6 +405,8 @@ _CHECKED_DEFAULTS = (
     "betas",
     "refresh_every",
     "statistics_every",
+    "precondition_dtype",
+    "ns_dtype",
 )
 
 

@@ -85,11 +85,13 @@ class InverseRoot:
     sides), i.e. p = 4 for a matrix and p = 2 for a one-sided (vector-like) parameter. KFAC
     uses ``root=1``. ``damping``/``damping_mode`` follow :mod:`layerwise.optim.matrix`.
     With ``root=1`` the inverse is computed by Cholesky (eigh only as a fallback).
+    ``compute_dtype``: precision of the application's products (see :class:`KroneckerConfig`).
     """
 
     root: float | None = None
     damping: float = 1e-12
     damping_mode: Damping = Damping.ABSOLUTE
+    compute_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.root is not None and self.root <= 0:
@@ -97,6 +99,7 @@ class InverseRoot:
         if self.damping < 0:
             raise ValueError(f"damping must be >= 0, got {self.damping}")
         object.__setattr__(self, "damping_mode", Damping(self.damping_mode))
+        _check_compute_dtype(self.compute_dtype)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,13 +120,18 @@ class EigenbasisAdam:
     first moment). :math:`\tilde M` is then kept in the state between refreshes and updated
     from :math:`\tilde G` by linearity (two products per step fewer; equal up to round-off),
     and recomputed from the direction after each refresh.
+
+    ``compute_dtype``: precision of the rotations (see :class:`KroneckerConfig`); the second
+    moment, the kept first moment and the division stay in the direction's dtype.
     """
 
     beta2: float = 0.95
     epsilon: float = 1e-8
     first_moment_decay: float | None = None
+    compute_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
+        _check_compute_dtype(self.compute_dtype)
         if not 0.0 <= self.beta2 < 1.0:
             raise ValueError(f"beta2 must be in [0, 1), got {self.beta2}")
         if self.epsilon < 0:
@@ -157,8 +165,12 @@ class Orthogonalize:
         object.__setattr__(self, "method", PolarMethod(self.method))
         if self.steps < 1:
             raise ValueError(f"Newton–Schulz steps must be >= 1, got {self.steps}")
-        if self.compute_dtype is not None and not self.compute_dtype.is_floating_point:
-            raise ValueError(f"compute_dtype must be a floating dtype, got {self.compute_dtype}")
+        _check_compute_dtype(self.compute_dtype)
+
+
+def _check_compute_dtype(dtype: torch.dtype | None) -> None:
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"compute_dtype must be a floating dtype or None, got {dtype}")
 
 
 Transform = InverseRoot | EigenbasisAdam | Orthogonalize
@@ -167,6 +179,15 @@ Transform = InverseRoot | EigenbasisAdam | Orthogonalize
 @dataclass(frozen=True, kw_only=True)
 class KroneckerConfig:
     """The three choices of one layer's preconditioner, plus its failure policy.
+
+    Precision. Statistics, their accumulation and the refresh (eigh, Cholesky) run in the
+    parameters' dtype (float64 retry on failure): the small eigenvalues of a statistic decide
+    its inverse root and would not survive bf16 round-off. The *application* — the per-step
+    products with the dense preconditioners (:math:`P_L X P_R`, SOAP's rotations, Muon's
+    Newton–Schulz) — runs in the transform's ``compute_dtype`` when one is given (e.g.
+    ``torch.bfloat16``: several times faster where bf16 matrix units exist; the preconditioned
+    direction then carries bf16 round-off, ~4e-3 relative). Dense preconditioners are then
+    stored in that dtype; the result is returned in the direction's dtype.
 
     ``max_consecutive_failures``: a failed refresh keeps the previous preconditioner and is
     counted; after this many failures in a row the error is raised (``None``: never raise).
@@ -211,11 +232,12 @@ def init_state(config: KroneckerConfig, shape: tuple[int, int], like: Tensor) ->
     preconditioners identity, so a failed first refresh leaves an un-preconditioned step)."""
     state: dict[str, Any] = {FAILED_REFRESHES: 0, CONSECUTIVE_FAILURES: 0}
     options = {"dtype": like.dtype, "device": like.device}
+    applied = {"dtype": _compute_dtype(config) or like.dtype, "device": like.device}
     for side, (size, kind) in enumerate(zip(shape, config.side_kinds(shape), strict=True)):
         match kind:
             case SideKind.DENSE:
                 state[_STATISTIC_KEYS[side]] = torch.zeros(size, size, **options)
-                state[_PRECONDITIONER_KEYS[side]] = torch.eye(size, **options)
+                state[_PRECONDITIONER_KEYS[side]] = torch.eye(size, **applied)
             case SideKind.DIAGONAL:
                 state[_STATISTIC_KEYS[side]] = torch.zeros(size, **options)
                 if isinstance(config.transform, InverseRoot):
@@ -302,10 +324,13 @@ def refresh(
     state: dict[str, Any],
     *,
     damping: tuple[float, float] | None = None,
+    scales: tuple[float, float] = (1.0, 1.0),
 ) -> bool:
     """Recompute the preconditioners from the current statistics.
 
-    ``damping`` overrides ``InverseRoot.damping`` per side (KFAC's π-split). On a
+    ``damping`` overrides ``InverseRoot.damping`` per side (KFAC's π-split); ``scales``
+    multiply the fresh preconditioners of each side (KFAC's EMA bias correction), before they
+    are stored in the application's precision. On a
     :class:`~layerwise.optim.matrix.DecompositionError` the previous preconditioners are kept,
     the failure is counted in the state and warned about, and ``False`` is returned; after
     ``config.max_consecutive_failures`` failures in a row the error is raised.
@@ -339,9 +364,10 @@ def refresh(
             stacklevel=3,
         )
         return False
-    for key, value in fresh.items():
+    for side, key in enumerate(_PRECONDITIONER_KEYS):
+        value = fresh.get(key)
         if value is not None:
-            state[key].copy_(value)
+            state[key].copy_(value.mul_(scales[side]) if scales[side] != 1.0 else value)
     # A first moment kept in the eigenbasis belongs to the old basis.
     state.pop(EIGENBASIS_EXP_AVG, None)
     state[CONSECUTIVE_FAILURES] = 0
@@ -350,18 +376,40 @@ def refresh(
 
 def _two_sided(left: Tensor | None, x: Tensor, right: Tensor | None, *, transpose: bool) -> Tensor:
     """``Lᵀ X R`` (or ``L X Rᵀ`` if not ``transpose``) with ``None`` as identity and a 1-D
-    factor as a diagonal."""
+    factor as a diagonal; computed in the dense factors' dtype, returned in ``x``'s."""
+    result_dtype = x.dtype
+    dense = [f for f in (left, right) if f is not None and f.ndim == 2]
+    if dense:
+        x = x.to(dense[0].dtype)
     if left is not None:
         if left.ndim == 1:
-            x = left[:, None] * x
+            x = left.to(x.dtype)[:, None] * x
         else:
             x = (left.mT if transpose else left) @ x
     if right is not None:
         if right.ndim == 1:
-            x = x * right[None, :]
+            x = x * right.to(x.dtype)[None, :]
         else:
             x = x @ (right if transpose else right.mT)
-    return x
+    return x.to(result_dtype)
+
+
+def _compute_dtype(config: KroneckerConfig) -> torch.dtype | None:
+    return getattr(config.transform, "compute_dtype", None)
+
+
+def _preconditioners(config: KroneckerConfig, state: dict[str, Any]) -> list[Tensor | None]:
+    """The two preconditioners, dense ones in the application's dtype. ``torch.optim``'s
+    ``load_state_dict`` casts every floating state tensor to the parameter's dtype, so a
+    resumed state is cast back here, once."""
+    dtype = _compute_dtype(config)
+    preconditioners = []
+    for key in _PRECONDITIONER_KEYS:
+        value = state.get(key)
+        if value is not None and value.ndim == 2 and dtype is not None and value.dtype != dtype:
+            value = state[key] = value.to(dtype)
+        preconditioners.append(value)
+    return preconditioners
 
 
 def _rotated_first_moment(
@@ -444,8 +492,7 @@ def apply(
     its bias-correction count. Returns a new tensor; updates ``state`` only for
     :class:`EigenbasisAdam` (its second moment).
     """
-    left = state.get(LEFT_PRECONDITIONER)
-    right = state.get(RIGHT_PRECONDITIONER)
+    left, right = _preconditioners(config, state)
     match config.transform:
         case InverseRoot():
             return _two_sided(left, direction, right, transpose=False)

@@ -22,21 +22,12 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from layerwise.optim._modes import resolve_mode
+from layerwise.optim._modes import compute_dtype, resolve_mode
 from layerwise.optim.base import LayerwiseOptimizer
 from layerwise.optim.kronecker import KroneckerConfig, Orthogonalize, PolarMethod
 from layerwise.optim.matrix import NEWTON_SCHULZ_QUINTIC
-
-#: Precisions the Newton–Schulz iteration may run in (``ns_dtype``), by name.
-_NS_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
 
 
 class MuonScale(enum.StrEnum):
@@ -109,8 +100,7 @@ class Muon(LayerwiseOptimizer):
             exact_values={"polar": PolarMethod.SVD},
             given={"polar": None if polar is None else PolarMethod(polar)},
         )
-        if ns_dtype is not None and ns_dtype not in _NS_DTYPES:
-            raise ValueError(f"Invalid ns_dtype: {ns_dtype!r} (one of {sorted(_NS_DTYPES)})")
+        compute_dtype(ns_dtype, knob="ns_dtype")  # refuses an unknown name
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Invalid momentum: {momentum!r}")
         defaults = dict(
@@ -144,7 +134,7 @@ class Muon(LayerwiseOptimizer):
                 method=group["polar"],
                 coefficients=group["ns_coefficients"],
                 steps=group["ns_steps"],
-                compute_dtype=_NS_DTYPES[group["ns_dtype"]] if group["ns_dtype"] else None,
+                compute_dtype=compute_dtype(group["ns_dtype"], knob="ns_dtype"),
             )
         )
 
