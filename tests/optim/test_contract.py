@@ -28,7 +28,11 @@ OPTIMIZERS = {
         nesterov=True,
         momentum=0.9,
     ),
+    "shampoo-bf16": lambda p: Shampoo(
+        p, lr=1e-2, refresh_every=3, damping=1e-6, precondition_dtype="bfloat16"
+    ),
     "soap": lambda p: SOAP(p, lr=1e-2, refresh_every=3),
+    "soap-bf16": lambda p: SOAP(p, lr=1e-2, refresh_every=3, precondition_dtype="bfloat16"),
     "soap-exact": lambda p: SOAP(p, lr=1e-2, exact=True),
     "muon": lambda p: Muon(p, lr=2e-2, adam_lr_ratio=0.5, weight_decay=1e-3),
     "muon-exact": lambda p: Muon(p, lr=2e-2, adam_lr_ratio=0.5, exact=True),

@@ -55,6 +55,7 @@ RESUME_CASES = {
         damping_split="pi",
     ),
     "amortized-ekfac-empirical": dict(curvature="empirical", ekfac=True, refresh_every=2),
+    "amortized-bf16": dict(curvature="ggn", refresh_every=3, precondition_dtype="bfloat16"),
 }
 
 
