@@ -146,4 +146,5 @@ class Muon(LayerwiseOptimizer):
         first_moment: Tensor,
         grad: Tensor,
     ) -> Tensor:
-        return direction * muon_scale(group["scale"], tuple(direction.shape))
+        scale = muon_scale(group["scale"], tuple(direction.shape))
+        return direction if scale == 1.0 else direction * scale
