@@ -179,139 +179,127 @@ def adamw_candidate(setting: Setting) -> Candidate:
 # -- ours --------------------------------------------------------------------------------
 
 
-def our_candidates(setting: Setting, *, exact: bool = True) -> tuple[list[Candidate], list]:
+#: Suffix of the variants whose per-step products run in bfloat16 (``precondition_dtype`` /
+#: ``ns_dtype``; statistics and decompositions stay in float32).
+BF16 = " bf16"
+
+
+def our_candidates(
+    setting: Setting, *, exact: bool = True, muon_fp32: bool = True
+) -> tuple[list[Candidate], list]:
+    """Our optimizers, amortized (refresh every ``setting.refresh_every`` steps) in their
+    default precision and with bf16 application products, and with ``exact`` the exact modes.
+    ``muon_fp32``: include Muon's float32 Newton–Schulz (its default, 4x slower here)."""
     from layerwise.optim import SOAP, Muon, Shampoo
 
     k = setting.refresh_every
-    found: list[Candidate] = [
-        Candidate(
-            "layerwise Shampoo",
-            "shampoo",
-            "layerwise",
-            "amortized",
-            f"refresh every {k}, EMA statistics (0.999), Adam grafting, betas (0.9, 0.999)",
-            _simple(lambda m: [Shampoo(m.parameters(), lr=LR["shampoo"], refresh_every=k)]),
-            k,
-        ),
-        Candidate(
-            "layerwise SOAP",
-            "soap",
-            "layerwise",
-            "amortized",
-            f"refresh every {k} (eigh), betas (0.95, 0.95), statistics EMA 0.95",
-            _simple(lambda m: [SOAP(m.parameters(), lr=LR["soap"], refresh_every=k)]),
-            k,
-        ),
-        Candidate(
-            "layerwise Muon",
-            "muon",
-            "layerwise",
-            "amortized",
-            "5 quintic Newton–Schulz steps in the parameters' dtype (fp32), Nesterov 0.95; "
-            "biases: Adam path at lr x 0.05",
-            _simple(lambda m: [Muon(m.parameters(), lr=LR["muon"])]),
-            k,
-        ),
-    ]
-    missing: list[Unavailable] = []
-    if "ns_dtype" in Muon.__init__.__code__.co_varnames:
-        found.append(
-            Candidate(
-                "layerwise Muon bf16",
-                "muon",
-                "layerwise",
-                "amortized",
-                "as Muon, Newton–Schulz in bfloat16 (as torch.optim.Muon and the peers)",
-                _simple(lambda m: [Muon(m.parameters(), lr=LR["muon"], ns_dtype="bfloat16")]),
-                k,
-            )
-        )
     kfac = _kfac_class()
+    missing: list[Unavailable] = []
     if isinstance(kfac, str):
         missing.append(Unavailable("layerwise KFAC", "kfac", "layerwise", kfac))
-    else:
-        found.append(
-            Candidate(
-                "layerwise KFAC",
+
+    def make_kfac(model: nn.Module, **options: Any) -> list[torch.optim.Optimizer]:
+        return [kfac(model, lr=LR["kfac"], loss="cross_entropy", curvature="empirical", **options)]
+
+    # (name, method, settings, optimizer factory taking the precision options)
+    amortized: list[tuple[str, str, str, Callable[..., list[torch.optim.Optimizer]]]] = [
+        (
+            "Shampoo",
+            "shampoo",
+            f"refresh every {k}, EMA statistics (0.999), Adam grafting, betas (0.9, 0.999)",
+            lambda m, **o: [Shampoo(m.parameters(), lr=LR["shampoo"], refresh_every=k, **o)],
+        ),
+        (
+            "SOAP",
+            "soap",
+            f"refresh every {k} (eigh), betas (0.95, 0.95), statistics EMA 0.95",
+            lambda m, **o: [SOAP(m.parameters(), lr=LR["soap"], refresh_every=k, **o)],
+        ),
+        (
+            "Muon",
+            "muon",
+            "5 quintic Newton–Schulz steps, Nesterov 0.95; biases: Adam path at lr x 0.05",
+            lambda m, **o: [Muon(m.parameters(), lr=LR["muon"], **o)],
+        ),
+    ]
+    if not isinstance(kfac, str):
+        amortized.append(
+            (
+                "KFAC",
                 "kfac",
-                "layerwise",
-                "amortized",
-                f"cross-entropy, empirical curvature, EMA factors, damping 1e-3, refresh every {k} "
-                "(Cholesky inverses)",
-                lambda model, batches: Trainer(
-                    model,
-                    [
-                        kfac(
-                            model,
-                            lr=LR["kfac"],
-                            loss="cross_entropy",
-                            curvature="empirical",
-                            refresh_every=k,
-                        )
-                    ],
-                    batches,
-                ),
-                k,
+                f"cross-entropy, empirical curvature, EMA factors, damping 1e-3, refresh every "
+                f"{k} (Cholesky inverses)",
+                lambda m, **o: make_kfac(m, refresh_every=k, **o),
             )
         )
-    if exact:
-        exact_block = 1  # one refresh period
-        found += [
-            Candidate(
-                "layerwise Shampoo exact",
-                "shampoo",
-                "layerwise",
-                "exact",
-                "roots every step, no grafting",
-                _simple(lambda m: [Shampoo(m.parameters(), lr=LR["shampoo"], exact=True)]),
-                exact_block,
-            ),
-            Candidate(
-                "layerwise SOAP exact",
-                "soap",
-                "layerwise",
-                "exact",
-                "eigenbases every step",
-                _simple(lambda m: [SOAP(m.parameters(), lr=LR["soap"], exact=True)]),
-                exact_block,
-            ),
-            Candidate(
-                "layerwise Muon exact",
-                "muon",
-                "layerwise",
-                "exact",
-                "polar factor by SVD",
-                _simple(lambda m: [Muon(m.parameters(), lr=LR["muon"], exact=True)]),
-                exact_block,
-            ),
-        ]
-        if not isinstance(kfac, str):
+    found: list[Candidate] = []
+    for name, method, settings, make in amortized:
+        low = {"ns_dtype": "bfloat16"} if method == "muon" else {"precondition_dtype": "bfloat16"}
+        variants = [("", {}, "float32 (default)"), (BF16, low, "bfloat16 application products")]
+        if method == "muon" and not muon_fp32:
+            variants = variants[1:]
+        for suffix, options, precision in variants:
             found.append(
                 Candidate(
-                    "layerwise KFAC exact",
-                    "kfac",
+                    f"layerwise {name}{suffix}",
+                    method,
                     "layerwise",
-                    "exact",
-                    "factors of the current batch, inverted every step; damping 1e-3 (the exact "
-                    "default 0 fails: batch < layer width makes the factors singular)",
-                    lambda model, batches: Trainer(
-                        model,
-                        [
-                            kfac(
-                                model,
-                                lr=LR["kfac"],
-                                loss="cross_entropy",
-                                curvature="empirical",
-                                damping=1e-3,
-                                exact=True,
-                            )
-                        ],
-                        batches,
-                    ),
-                    exact_block,
+                    "amortized",
+                    f"{settings}; {precision}",
+                    _builder(make, options),
+                    k,
                 )
             )
+    if not exact:
+        return found, missing
+    exact_block = 1  # one refresh period
+    exact_modes: list[tuple[str, str, str, Callable[[nn.Module], list]]] = [
+        (
+            "Shampoo",
+            "shampoo",
+            "roots every step, no grafting",
+            lambda m: [Shampoo(m.parameters(), lr=LR["shampoo"], exact=True)],
+        ),
+        (
+            "SOAP",
+            "soap",
+            "eigenbases every step",
+            lambda m: [SOAP(m.parameters(), lr=LR["soap"], exact=True)],
+        ),
+        (
+            "Muon",
+            "muon",
+            "polar factor by SVD",
+            lambda m: [Muon(m.parameters(), lr=LR["muon"], exact=True)],
+        ),
+    ]
+    if not isinstance(kfac, str):
+        exact_modes.append(
+            (
+                "KFAC",
+                "kfac",
+                "factors of the current batch, inverted every step; damping 1e-3 (the exact "
+                "default 0 fails: batch < layer width makes the factors singular)",
+                lambda m: make_kfac(m, damping=1e-3, exact=True),
+            )
+        )
+    for name, method, settings, make_exact in exact_modes:
+        found.append(
+            Candidate(
+                f"layerwise {name} exact",
+                method,
+                "layerwise",
+                "exact",
+                settings,
+                _simple(make_exact),
+                exact_block,
+            )
+        )
     return found, missing
+
+
+def _builder(make: Callable[..., list[torch.optim.Optimizer]], options: dict[str, Any]) -> Factory:
+    return _simple(lambda model: make(model, **options))
 
 
 def _kfac_class() -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmarks.candidates import LR, Candidate, Setting, Trainer
+from benchmarks.candidates import BF16, LR, Candidate, Setting, Trainer
 
 
 class FloorWork:
@@ -20,11 +20,15 @@ class FloorWork:
       of each factor and :math:`Q \operatorname{diag}(s) Q^\top`;
     - ``soap``: the two statistics, :math:`Q_L^\top G Q_R` and :math:`Q_L X Q_R^\top` (momentum
       kept in the eigenbasis, so it needs no rotation of its own); per refresh ``eigh``;
-    - ``muon``: 5 Newton–Schulz iterations (``baddbmm`` form, same-shape layers batched) in
-      ``dtype``; exact: SVD;
+    - ``muon``: 5 Newton–Schulz iterations (``baddbmm`` form into reused buffers, same-shape
+      layers batched) in ``dtype``; exact: SVD;
     - ``kfac``: :math:`A^\top A` over the batch with a bias column, :math:`B^\top B` of the
       output gradients, :math:`G_{inv} G A_{inv}`; per refresh Cholesky and
       ``cholesky_inverse`` of each factor.
+
+    ``dtype`` is that of the application's products (bf16 variants): :math:`P_L G P_R`,
+    SOAP's rotation back, KFAC's :math:`G_{inv} G A_{inv}`, Newton–Schulz; statistics,
+    decompositions and SOAP's rotation into the eigenbasis stay in float32, as in ours.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class FloorWork:
             factor_sides = shapes
         self.factors = [[_spd(d, generator) if d > 1 else None for d in s] for s in factor_sides]
         self.applied = [[_spd(d, generator) if d > 1 else None for d in s] for s in factor_sides]
+        self.applied_low = [[_cast(f, dtype) for f in pair] for pair in self.applied]
         self.inputs = [torch.randn(setting.batch, n + 1, generator=generator) for _, n in shapes]
         self.output_grads = [torch.randn(setting.batch, m, generator=generator) for m, _ in shapes]
 
@@ -57,14 +62,16 @@ class FloorWork:
                 _newton_schulz(torch.stack(same))
         for index, grad in enumerate(grads):
             left, right = self.applied[index]
+            low_left, low_right = self.applied_low[index]
+            low_grad = grad.to(self.dtype)
             match self.method:
                 case "shampoo":
                     _products(grad, left is not None, right is not None)
-                    _two_sided(left, grad, right)
+                    _two_sided(low_left, low_grad, low_right)
                 case "soap":
                     _products(grad, left is not None, right is not None)
                     _two_sided(_t(left), grad, right)
-                    _two_sided(left, grad, _t(right))
+                    _two_sided(low_left, low_grad, _t(low_right))
                 case "muon" if self.exact:
                     u, _, vh = torch.linalg.svd(grad, full_matrices=False)
                     u @ vh
@@ -74,7 +81,7 @@ class FloorWork:
                     a, g = self.inputs[index], self.output_grads[index]
                     a.mT @ a
                     g.mT @ g
-                    _two_sided(left, torch.cat([grad, grad[:, :1]], dim=1), right)
+                    _two_sided(low_left, torch.cat([low_grad, low_grad[:, :1]], dim=1), low_right)
             if refresh and self.method != "muon":
                 for factor in self.factors[index]:
                     if factor is None:
@@ -90,6 +97,10 @@ class FloorWork:
 def _spd(d: int, generator: torch.Generator) -> Tensor:
     a = torch.randn(d, d, generator=generator)
     return a @ a.mT / d + torch.eye(d)
+
+
+def _cast(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if x is None else x.to(dtype)
 
 
 def _t(x: Tensor | None) -> Tensor | None:
@@ -117,10 +128,14 @@ def _newton_schulz(x: Tensor, steps: int = 5) -> Tensor:
     if x.shape[-2] > x.shape[-1]:
         x = x.mT
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
+    gram = x.new_empty((*x.shape[:-1], x.shape[-2]))
+    update = torch.empty_like(gram)
+    following = torch.empty_like(x)
     for _ in range(steps):
-        gram = x @ x.mT
-        update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.baddbmm(x, update, x, beta=a)
+        torch.bmm(x, x.mT, out=gram)
+        torch.baddbmm(gram, gram, gram, beta=b, alpha=c, out=update)
+        torch.baddbmm(x, update, x, beta=a, out=following)
+        x, following = following, x
     return x
 
 
@@ -129,7 +144,7 @@ def floor_candidates(setting: Setting, ours: list[Candidate]) -> list[Candidate]
     floors = []
     for candidate in ours:
         exact = candidate.mode == "exact"
-        dtype = torch.bfloat16 if candidate.name.endswith("bf16") else torch.float32
+        dtype = torch.bfloat16 if candidate.name.endswith(BF16) else torch.float32
         work = FloorWork(candidate.method, setting, exact=exact, dtype=dtype)
 
         def factory(model: nn.Module, batches: list, work: FloorWork = work) -> Trainer:

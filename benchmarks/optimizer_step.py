@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[{time.perf_counter() - started:.0f}s] {section} done", file=sys.stderr)
     if "batch" in wanted:
         for setting in plan.batches:
-            ours, missing = our_candidates(setting, exact=False)
+            ours, missing = our_candidates(setting, exact=False, muon_fp32=False)
             sections.append(
                 run_section(
                     "batch",
