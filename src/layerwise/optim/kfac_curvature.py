@@ -211,6 +211,11 @@ def output_rows(layer: Layer, outputs: Tensor) -> Tensor:
     return outputs.reshape(-1, layer.out_features)
 
 
+def _stacked(rows: list[Tensor]) -> Tensor:
+    """The rows of all uses of a layer; a layer used once needs no copy."""
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
 #: For a layer: which factors the coming step needs, (output side, input side); None: not needed.
 FactorNeeds = tuple[FactorKind | None, FactorKind | None]
 
@@ -288,7 +293,7 @@ class CurvatureCapture:
         output_kind, input_kind = kinds
         increments: list[Tensor | None] = [None, None]
         if input_kind is not None:
-            rows = torch.cat([input_rows(layer, a) for a in capture.inputs])
+            rows = _stacked([input_rows(layer, a) for a in capture.inputs])
             if bias:
                 rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
             increments[1] = second_moment(rows, input_kind, 1.0 / rows.shape[0])
@@ -297,7 +302,7 @@ class CurvatureCapture:
         if self.curvature is Curvature.EMPIRICAL:
             if not capture.output_grads or self.batch_size is None:
                 raise RuntimeError(f"KFAC: no output gradient was captured for {layer}")
-            rows = torch.cat([output_rows(layer, g) for g in capture.output_grads])
+            rows = _stacked([output_rows(layer, g) for g in capture.output_grads])
             # The captured gradients are those of the mean loss, (1/n) ∂ℓ_i/∂s.
             increments[0] = second_moment(rows, output_kind, float(self.batch_size))
         elif capture.output_factor is None:
@@ -400,7 +405,7 @@ class CurvatureCapture:
                     continue
                 kind = capture.kinds[0]
                 assert kind is not None
-                increment = second_moment(torch.cat(rows), kind, scale)
+                increment = second_moment(_stacked(rows), kind, scale)
                 if capture.output_factor is None:
                     capture.output_factor = increment
                 else:
