@@ -127,7 +127,7 @@ def _newton_schulz(x: Tensor, steps: int = 5) -> Tensor:
     a, b, c = (3.4445, -4.7750, 2.0315)
     if x.shape[-2] > x.shape[-1]:
         x = x.mT
-    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
+    x = torch.div(x, torch.linalg.matrix_norm(x, keepdim=True) + 1e-7, out=x.new_empty(x.shape))
     gram = x.new_empty((*x.shape[:-1], x.shape[-2]))
     update = torch.empty_like(gram)
     following = torch.empty_like(x)

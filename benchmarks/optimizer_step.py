@@ -372,7 +372,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         peers: list[Candidate] = []
         if not args.no_peers:
             peers, missing_peers = peer_candidates(
-                setting, heavyball_compiled=args.heavyball_compiled
+                setting,
+                heavyball_compiled=args.heavyball_compiled,
+                scalable_shampoo=section != "main",
             )
             missing += missing_peers
         floors = floor_candidates(setting, ours)
@@ -385,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[{time.perf_counter() - started:.0f}s] {section} done", file=sys.stderr)
     if "batch" in wanted:
         for setting in plan.batches:
-            ours, missing = our_candidates(setting, exact=False, muon_fp32=False)
+            ours, missing = our_candidates(setting, exact=False, fp32_variants=("kfac",))
             sections.append(
                 run_section(
                     "batch",

@@ -151,3 +151,22 @@ def test_newton_schulz_quintic_singular_values_near_one():
     exact = matrix.polar_svd(m)
     cosine = (approx * exact).sum() / (approx.norm() * exact.norm())
     assert cosine > 0.97
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 5), (3, 5, 12)])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_newton_schulz_batch_equals_each_matrix(shape, dtype):
+    """A stacked batch (tall ones run transposed, into reused buffers) gives each matrix's own
+    result; the cubic iteration on the batch converges to each exact polar factor."""
+    generator = torch.Generator().manual_seed(7)
+    m = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    batch = matrix.newton_schulz_polar(m, compute_dtype=dtype)
+    assert batch.dtype == torch.float64 and batch.shape == m.shape
+    for index in range(shape[0]):
+        single = matrix.newton_schulz_polar(m[index], compute_dtype=dtype)
+        torch.testing.assert_close(
+            batch[index], single, atol=1e-12 if dtype is None else 2e-2, rtol=0
+        )
+    cubic = matrix.newton_schulz_polar(m, coefficients=matrix.NEWTON_SCHULZ_CUBIC, steps=60)
+    for index in range(shape[0]):
+        torch.testing.assert_close(cubic[index], matrix.polar_svd(m[index]), atol=1e-9, rtol=0)
