@@ -145,7 +145,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     """Base class: the torch.optim contract around :mod:`layerwise.optim.kronecker`.
 
     Subclasses provide :meth:`kronecker_config` (the per-layer parts for a group) and may
-    override :meth:`blocks`, :meth:`statistics` and :meth:`postprocess`.
+    override :meth:`blocks`, :meth:`accumulate_statistics` and :meth:`postprocess`.
     """
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
@@ -176,15 +176,17 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         to the Kronecker path, everything else to the Adam path."""
         return [Block((p,), kronecker=p.ndim >= 2) for p in group["params"] if p.grad is not None]
 
-    def statistics(
+    def accumulate_statistics(
         self,
         group: dict[str, Any],
         block: Block,
         config: KroneckerConfig,
         grad: Tensor,
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """The statistic increments for ``block``; default: Shampoo's gradient products."""
-        return kronecker.gradient_statistics(config, grad)
+        state: dict[str, Any],
+    ) -> None:
+        """Update ``block``'s statistics; default: Shampoo's gradient products, each fused
+        with its accumulation."""
+        kronecker.accumulate_gradient_statistics(config, state, grad)
 
     def postprocess(
         self,
@@ -315,8 +317,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         assert config is not None
         if config.uses_statistics and (step - 1) % group["statistics_every"] == 0:
             with _phase(PROFILE_STATISTICS):
-                left, right = self.statistics(group, block, config, grad)
-                kronecker.accumulate(config, state, left, right)
+                self.accumulate_statistics(group, block, config, grad, state)
         if config.uses_statistics and (step - 1) % group["refresh_every"] == 0:
             with _phase(PROFILE_REFRESH):
                 self.refresh(group, block, config, state)

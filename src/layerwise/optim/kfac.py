@@ -417,17 +417,17 @@ class KFAC(LayerwiseOptimizer):
             elif kind is FactorKind.SCALAR:
                 state[SCALAR_STATISTICS[side]] = grad.new_zeros(())
 
-    def statistics(
+    def accumulate_statistics(
         self,
         group: dict[str, Any],
         block: Block,
         config: KroneckerConfig,
         grad: Tensor,
-    ) -> tuple[Tensor | None, Tensor | None]:
+        state: dict[str, Any],
+    ) -> None:
         layer = self._layer_of[block.key]
         kinds = self._factor_kinds(group, layer)
         increments = self._capture.factor_increments(layer, kinds, bias=self._folds_bias(layer))
-        state = self.state[block.key]
         state[STATISTICS_UPDATES] += 1
         for side, kind in enumerate(kinds):
             if kind is FactorKind.SCALAR:
@@ -436,7 +436,7 @@ class KFAC(LayerwiseOptimizer):
                 pair = (increments[side], None) if side == 0 else (None, increments[side])
                 kronecker.accumulate(config, view, *pair)
                 increments[side] = None
-        return increments[0], increments[1]
+        kronecker.accumulate(config, state, increments[0], increments[1])
 
     def refresh(
         self, group: dict[str, Any], block: Block, config: KroneckerConfig, state: dict[str, Any]

@@ -19,8 +19,9 @@ EKFAC      as KFAC                            EMA or latest batch     :class:`Ei
 =========  =================================  ======================  ==========================
 
 Where the increments come from is the caller's business (the optimizer shell): gradients for
-Shampoo / SOAP (:func:`gradient_statistics`), layer inputs and output gradients captured by
-module hooks for KFAC. This module only accumulates, refreshes and applies.
+Shampoo / SOAP (:func:`accumulate_gradient_statistics`, products fused with their
+accumulation), layer inputs and output gradients captured by module hooks for KFAC
+(:func:`accumulate`). This module only accumulates, refreshes and applies.
 
 The functions are pure in the optax sense except that they update the ``state`` mapping they
 are given in place (it lives in ``torch.optim.Optimizer.state`` so that ``state_dict`` carries it).
@@ -255,21 +256,32 @@ def init_state(config: KroneckerConfig, shape: tuple[int, int], like: Tensor) ->
     return state
 
 
-def gradient_statistics(
-    config: KroneckerConfig, grad: Tensor
-) -> tuple[Tensor | None, Tensor | None]:
-    r"""Shampoo's increments :math:`G G^\top` and :math:`G^\top G` for a matrix gradient
-    (their diagonals for diagonal sides, ``None`` for sides that are not preconditioned)."""
-    increments: list[Tensor | None] = []
+def accumulate_gradient_statistics(
+    config: KroneckerConfig, state: dict[str, Any], grad: Tensor
+) -> None:
+    r"""Fold Shampoo's increments :math:`G G^\top` and :math:`G^\top G` of a matrix gradient
+    into the statistics (their diagonals for diagonal sides).
+
+    A dense side is one fused product, :math:`S \leftarrow \beta S + (1 - \beta)\, G G^\top`
+    as a single in-place ``addmm`` (BLAS's own :math:`\beta C + \alpha AB`): no increment is
+    materialized and no extra pass is made over :math:`S`. Equal to :func:`accumulate` with the
+    increments up to round-off.
+    """
+    beta, alpha = {
+        Accumulation.SUM: (1.0, 1.0),
+        Accumulation.EMA: (config.decay, 1.0 - config.decay),
+        Accumulation.LATEST: (0.0, 1.0),
+    }[config.accumulation]
     for side, kind in enumerate(config.side_kinds(tuple(grad.shape))):
+        key = _STATISTIC_KEYS[side]
         match kind:
             case SideKind.DENSE:
-                increments.append(grad @ grad.mT if side == 0 else grad.mT @ grad)
+                first, second = (grad, grad.mT) if side == 0 else (grad.mT, grad)
+                state[key].addmm_(first, second, beta=beta, alpha=alpha)
             case SideKind.DIAGONAL:
-                increments.append(grad.square().sum(dim=1 - side))
+                _accumulate_one(config, state[key], grad.square().sum(dim=1 - side))
             case SideKind.NONE:
-                increments.append(None)
-    return increments[0], increments[1]
+                pass
 
 
 def accumulate(
@@ -284,14 +296,17 @@ def accumulate(
             continue
         if increment is None:
             raise ValueError(f"{key}: an increment is required for a preconditioned side")
-        statistic: Tensor = state[key]
-        match config.accumulation:
-            case Accumulation.SUM:
-                statistic.add_(increment)
-            case Accumulation.EMA:
-                statistic.lerp_(increment.to(statistic.dtype), 1.0 - config.decay)
-            case Accumulation.LATEST:
-                statistic.copy_(increment)
+        _accumulate_one(config, state[key], increment)
+
+
+def _accumulate_one(config: KroneckerConfig, statistic: Tensor, increment: Tensor) -> None:
+    match config.accumulation:
+        case Accumulation.SUM:
+            statistic.add_(increment)
+        case Accumulation.EMA:
+            statistic.lerp_(increment.to(statistic.dtype), 1.0 - config.decay)
+        case Accumulation.LATEST:
+            statistic.copy_(increment)
 
 
 def _side_preconditioner(
