@@ -466,3 +466,41 @@ def test_second_moment_rescaling_is_exact_and_drops_only_negligible_entries():
     assert result[0, 0] == 0.0 and result[0, 1] == 0.0  # the dropped column
     error = (result.double() - plain).abs().max() / plain.abs().max()
     assert error < 1e-6  # float32 round-off of the whole factor; the drop itself is ~2^-70
+
+
+@pytest.mark.parametrize("kind", ["dense", "diagonal", "scalar"])
+@pytest.mark.parametrize(
+    "weights", [(0.9, 0.1), (1.0, 1.0), (0.0, 1.0)], ids=["ema", "sum", "latest"]
+)
+@pytest.mark.parametrize("magnitude", [1.0, 2.0**-55])
+def test_fused_row_products_accumulate_like_the_explicit_increment(kind, weights, magnitude):
+    """S <- βS + α·scale·Σ x xᵀ fused into one addmm (dense) equals the explicit increment of
+    second_moment folded in, also for rows whose small entries' products would be denormal in
+    float32 (the sums stay normal); with β = 0 a non-finite old value is ignored, as addmm
+    does."""
+    from layerwise.optim.kfac_curvature import (
+        FactorKind,
+        RowProducts,
+        accumulate_row_products,
+        second_moment,
+    )
+
+    kind = FactorKind(kind)
+    beta, alpha = weights
+    generator = torch.Generator().manual_seed(3)
+    width = 1 if kind is FactorKind.SCALAR else 6
+    rows = (torch.randn(40, width, generator=generator) * magnitude).float()
+    start = {
+        FactorKind.DENSE: torch.eye(6),
+        FactorKind.DIAGONAL: torch.ones(6),
+        FactorKind.SCALAR: torch.tensor(2.0),
+    }[kind] * magnitude**2
+    fused = start.clone()
+    if beta == 0.0:
+        fused.fill_(float("nan"))
+    accumulate_row_products(fused, RowProducts(rows, kind, 0.25), beta=beta, alpha=alpha)
+    increment = second_moment(rows.double(), kind, 0.25)
+    expected = beta * start.double() + alpha * increment
+    assert torch.isfinite(fused).all()
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(fused.double(), expected, rtol=1e-6, atol=1e-6 * scale)

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from layerwise.optim import kronecker
+from layerwise.optim import kronecker, matrix
 from layerwise.optim._modes import COMPUTE_DTYPES
 from layerwise.optim.kronecker import KroneckerConfig
 
@@ -225,7 +225,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         grads = [p.grad for _, blocks in work for b in blocks for p in b.params]
         if not grads:
             return loss
-        if not _all_finite(grads):
+        if not matrix.all_finite(grads):
             self._skip(work, "non-finite gradient")
             return loss
 
@@ -238,7 +238,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for block in blocks:
                 updates.append((group, block, self._direction(group, block, config)))
         updates = self.finalize_updates(updates)
-        if not _all_finite([direction for _, _, direction in updates]):
+        if not matrix.all_finite([direction for _, _, direction in updates]):
             self._skip(work, "non-finite update")
             return loss
         for group, block, direction in updates:
@@ -417,14 +417,3 @@ def _phase(name: str) -> contextlib.AbstractContextManager[Any]:
     if getattr(torch.autograd.profiler, "_is_profiler_enabled", True):
         return torch.profiler.record_function(name)
     return contextlib.nullcontext()
-
-
-def _all_finite(tensors: Sequence[Tensor]) -> bool:
-    """One synchronization for the whole list (not one per tensor).
-
-    A tensor is finite iff its minimum and maximum are (NaN propagates through both, -inf is
-    the minimum, +inf the maximum): one vectorized pass per tensor, about ten times faster on
-    a CPU than ``isfinite().all()``.
-    """
-    extremes = [value for t in tensors if t.numel() for value in torch.aminmax(t)]
-    return not extremes or bool(torch.stack(extremes).isfinite().all())

@@ -70,6 +70,8 @@ from layerwise.optim.kfac_curvature import (
     FactorNeeds,
     Layer,
     Loss,
+    RowProducts,
+    accumulate_row_products,
     input_width,
     output_width,
     supports,
@@ -429,14 +431,16 @@ class KFAC(LayerwiseOptimizer):
         kinds = self._factor_kinds(group, layer)
         increments = self._capture.factor_increments(layer, kinds, bias=self._folds_bias(layer))
         state[STATISTICS_UPDATES] += 1
-        for side, kind in enumerate(kinds):
-            if kind is FactorKind.SCALAR:
-                # Same accumulation rule as the matrix factors, on the scalar's own key.
-                view = {_STATISTIC_KEYS[side]: state[SCALAR_STATISTICS[side]]}
-                pair = (increments[side], None) if side == 0 else (None, increments[side])
-                kronecker.accumulate(config, view, *pair)
-                increments[side] = None
-        kronecker.accumulate(config, state, increments[0], increments[1])
+        beta, alpha = kronecker.accumulation_weights(config)
+        for side, (kind, increment) in enumerate(zip(kinds, increments, strict=True)):
+            if kind is None or increment is None:
+                continue
+            # A scalar side has its own key, with the same accumulation rule.
+            key = SCALAR_STATISTICS[side] if kind is FactorKind.SCALAR else _STATISTIC_KEYS[side]
+            if isinstance(increment, RowProducts):
+                accumulate_row_products(state[key], increment, beta=beta, alpha=alpha)
+            else:
+                kronecker.accumulate_increment(config, state[key], increment)
 
     def refresh(
         self, group: dict[str, Any], block: Block, config: KroneckerConfig, state: dict[str, Any]

@@ -79,19 +79,10 @@ def second_moment(rows: Tensor, kind: FactorKind, scale: float) -> Tensor:
 
     Denormal floats: late in training output gradients get tiny, their products fall into
     the denormal range, and BLAS runs many times slower on them (measured 15x on a 1024-wide
-    layer). So the rows are scaled by the power of two that brings their largest magnitude
-    into [1, 2) (exact), entries below :math:`\sqrt{\text{tiny}}` of the format (relative to
-    that largest entry; 2^-63 in float32) are set to zero — their products would be denormal
-    and lie far below the format's resolution — and the result is scaled back. Three passes
-    over the rows (extremes, scale, shrink), no synchronization.
+    layer). So the products are formed from unit-scaled rows (:func:`_unit_rows`) and the
+    result is scaled back; no synchronization.
     """
-    smallest, largest = torch.aminmax(rows)
-    # The powers of two in float64: 2^±e can overflow the rows' format at its extremes (0-D,
-    # so the products below keep the rows' dtype).
-    exponent = (torch.frexp(torch.maximum(-smallest, largest)).exponent - 1).double()
-    rows = nn.functional.hardshrink(
-        rows * torch.exp2(-exponent), torch.finfo(rows.dtype).tiny ** 0.5
-    )
+    rows, exponent = _unit_rows(rows)
     scale_back = torch.exp2(2 * exponent) * scale
     match kind:
         case FactorKind.DENSE:
@@ -102,6 +93,52 @@ def second_moment(rows: Tensor, kind: FactorKind, scale: float) -> Tensor:
             return rows.square().sum().mul_(scale_back)
         case other:
             raise ValueError(f"unknown factor kind {other!r}")
+
+
+def _unit_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    r"""``rows`` scaled by the power of two :math:`2^{-e}` that brings their largest magnitude
+    into [1, 2) (exact), with entries below :math:`\sqrt{\text{tiny}}` of the format
+    (relative to that largest entry; 2^-63 in float32) set to zero — their products would be
+    denormal and lie far below the format's resolution; and :math:`e` (0-D, float64, so that
+    :math:`2^{\pm e}` cannot overflow). Three passes over the rows (extremes, scale, shrink)."""
+    smallest, largest = torch.aminmax(rows)
+    exponent = (torch.frexp(torch.maximum(-smallest, largest)).exponent - 1).double()
+    scaled = nn.functional.hardshrink(
+        rows * torch.exp2(-exponent), torch.finfo(rows.dtype).tiny ** 0.5
+    )
+    return scaled, exponent
+
+
+@dataclass(frozen=True)
+class RowProducts:
+    r"""The factor increment ``scale`` x :math:`\sum_r x_r x_r^\top`, kept as its rows until it is
+    accumulated (:func:`accumulate_row_products` multiplies it out inside the accumulation;
+    :func:`second_moment` is the increment itself)."""
+
+    rows: Tensor
+    kind: FactorKind
+    scale: float
+
+
+def accumulate_row_products(
+    statistic: Tensor, increment: RowProducts, *, beta: float, alpha: float
+) -> None:
+    r""":math:`S \leftarrow \beta S + \alpha \cdot` ``increment``, for a dense factor as one
+    in-place ``addmm`` of the unit-scaled rows (:func:`_unit_rows`: the denormal guard of
+    :func:`second_moment`) whose BLAS scalar carries the scale back: no increment is
+    materialized and no extra pass is made over S. One synchronization (the exponent)."""
+    rows, exponent = _unit_rows(increment.rows)
+    weight = alpha * increment.scale * 2.0 ** (2 * int(exponent))
+    if increment.kind is FactorKind.DENSE:
+        statistic.addmm_(rows.mT, rows, beta=beta, alpha=weight)
+        return
+    summed = (
+        rows.square().sum(dim=0) if increment.kind is FactorKind.DIAGONAL else rows.square().sum()
+    )
+    if beta == 0.0:  # as addmm: the old value is ignored, not multiplied (it may be non-finite)
+        statistic.copy_(summed.mul_(weight))
+    else:
+        statistic.mul_(beta).add_(summed, alpha=weight)
 
 
 def _softmax(logits: Tensor) -> Tensor:
@@ -281,9 +318,11 @@ class CurvatureCapture:
 
     def factor_increments(
         self, layer: Layer, kinds: FactorNeeds, *, bias: bool
-    ) -> list[Tensor | None]:
+    ) -> list[Tensor | RowProducts | None]:
         """The factor increments ``[B, A]`` of ``layer`` from what was captured (module
-        docstring); ``bias``: append the constant 1 to the input rows."""
+        docstring): row products for the input side and the empirical output side, tensors
+        for the ``ggn`` / ``mc_fisher`` output side (summed during the backward pass);
+        ``bias``: append the constant 1 to the input rows."""
         capture = self._captures.get(layer)
         if capture is None or capture.kinds != kinds:
             raise RuntimeError(
@@ -291,12 +330,12 @@ class CurvatureCapture:
                 "loss's backward pass (with gradients enabled) before step()"
             )
         output_kind, input_kind = kinds
-        increments: list[Tensor | None] = [None, None]
+        increments: list[Tensor | RowProducts | None] = [None, None]
         if input_kind is not None:
             rows = _stacked([input_rows(layer, a) for a in capture.inputs])
             if bias:
                 rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-            increments[1] = second_moment(rows, input_kind, 1.0 / rows.shape[0])
+            increments[1] = RowProducts(rows, input_kind, 1.0 / rows.shape[0])
         if output_kind is None:
             return increments
         if self.curvature is Curvature.EMPIRICAL:
@@ -304,7 +343,7 @@ class CurvatureCapture:
                 raise RuntimeError(f"KFAC: no output gradient was captured for {layer}")
             rows = _stacked([output_rows(layer, g) for g in capture.output_grads])
             # The captured gradients are those of the mean loss, (1/n) ∂ℓ_i/∂s.
-            increments[0] = second_moment(rows, output_kind, float(self.batch_size))
+            increments[0] = RowProducts(rows, output_kind, float(self.batch_size))
         elif capture.output_factor is None:
             raise RuntimeError(
                 f"KFAC: the {self.curvature.value} backward pass did not reach {layer}; was the "

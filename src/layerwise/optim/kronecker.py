@@ -267,11 +267,7 @@ def accumulate_gradient_statistics(
     materialized and no extra pass is made over :math:`S`. Equal to :func:`accumulate` with the
     increments up to round-off.
     """
-    beta, alpha = {
-        Accumulation.SUM: (1.0, 1.0),
-        Accumulation.EMA: (config.decay, 1.0 - config.decay),
-        Accumulation.LATEST: (0.0, 1.0),
-    }[config.accumulation]
+    beta, alpha = accumulation_weights(config)
     for side, kind in enumerate(config.side_kinds(tuple(grad.shape))):
         key = _STATISTIC_KEYS[side]
         match kind:
@@ -279,7 +275,7 @@ def accumulate_gradient_statistics(
                 first, second = (grad, grad.mT) if side == 0 else (grad.mT, grad)
                 state[key].addmm_(first, second, beta=beta, alpha=alpha)
             case SideKind.DIAGONAL:
-                _accumulate_one(config, state[key], grad.square().sum(dim=1 - side))
+                accumulate_increment(config, state[key], grad.square().sum(dim=1 - side))
             case SideKind.NONE:
                 pass
 
@@ -296,10 +292,21 @@ def accumulate(
             continue
         if increment is None:
             raise ValueError(f"{key}: an increment is required for a preconditioned side")
-        _accumulate_one(config, state[key], increment)
+        accumulate_increment(config, state[key], increment)
 
 
-def _accumulate_one(config: KroneckerConfig, statistic: Tensor, increment: Tensor) -> None:
+def accumulation_weights(config: KroneckerConfig) -> tuple[float, float]:
+    r"""``(β, α)`` with which ``config.accumulation`` is :math:`S \leftarrow \beta S + \alpha
+    \Delta` (for fused products; β = 0 means the old value is ignored)."""
+    return {
+        Accumulation.SUM: (1.0, 1.0),
+        Accumulation.EMA: (config.decay, 1.0 - config.decay),
+        Accumulation.LATEST: (0.0, 1.0),
+    }[config.accumulation]
+
+
+def accumulate_increment(config: KroneckerConfig, statistic: Tensor, increment: Tensor) -> None:
+    """Fold one increment into one statistic in place (``config.accumulation``)."""
     match config.accumulation:
         case Accumulation.SUM:
             statistic.add_(increment)
@@ -318,7 +325,7 @@ def _side_preconditioner(
             if statistic.ndim == 1:
                 eigenvalues = matrix._damped_eigenvalues(statistic, damping, transform.damping_mode)
                 result = eigenvalues.pow(-1.0 / root)
-                if not torch.isfinite(result).all():
+                if not matrix.all_finite([result]):
                     raise DecompositionError("diagonal inverse root is not finite")
                 return result
             if root == 1.0:
