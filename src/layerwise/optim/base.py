@@ -207,12 +207,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
-    def finalize_updates(
-        self, updates: list[tuple[dict[str, Any], Block, Tensor]]
-    ) -> list[tuple[dict[str, Any], Block, Tensor]]:
-        """All ``(group, block, direction)`` of the step, before they are checked and applied:
-        the place for rules that couple layers (KFAC's KL clipping); default: unchanged."""
-        return updates
+    def update_scales(self, updates: list[tuple[dict[str, Any], Block, Tensor]]) -> list[float]:
+        """For all ``(group, block, direction)`` of the step, a factor on each one's step size
+        (folded into the parameter update: no pass over the direction). The place for rules
+        that couple layers (KFAC's KL clipping); default: all 1."""
+        return [1.0] * len(updates)
 
     # -- the step --------------------------------------------------------------------------
     @torch.no_grad()
@@ -237,16 +236,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 continue
             for block in blocks:
                 updates.append((group, block, self._direction(group, block, config)))
-        updates = self.finalize_updates(updates)
+        scales = self.update_scales(updates)
         if not matrix.all_finite([direction for _, _, direction in updates]):
             self._skip(work, "non-finite update")
             return loss
-        for group, block, direction in updates:
+        for (group, block, direction), scale in zip(updates, scales, strict=True):
             lr = group["lr"] if block.kronecker else group["lr"] * group.get("adam_lr_ratio", 1.0)
             for param, piece in zip(block.params, block.split(direction), strict=True):
                 if group["weight_decay"]:
                     param.mul_(1.0 - lr * group["weight_decay"])
-                param.add_(piece, alpha=-lr)
+                param.add_(piece, alpha=-lr * scale)
         return loss
 
     def _direction(

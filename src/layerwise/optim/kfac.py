@@ -501,9 +501,7 @@ class KFAC(LayerwiseOptimizer):
             raise DecompositionError(message)
         warnings.warn(f"{message}; keeping the previous inverse", RuntimeWarning, stacklevel=4)
 
-    def finalize_updates(
-        self, updates: list[tuple[dict[str, Any], Block, Tensor]]
-    ) -> list[tuple[dict[str, Any], Block, Tensor]]:
+    def update_scales(self, updates: list[tuple[dict[str, Any], Block, Tensor]]) -> list[float]:
         scales: dict[int, float] = {}
         for index, group in enumerate(self.param_groups):
             if not group["kl_clip"] and group["max_update_norm"] is None:
@@ -515,22 +513,15 @@ class KFAC(LayerwiseOptimizer):
                 group["lr"],
                 kl_clip=group["kl_clip"],
                 max_update_norm=group["max_update_norm"],
-                inner=sum(float((d * b.matrix([p.grad for p in b.params])).sum()) for b, d in mine)
-                if group["kl_clip"]
-                else 0.0,
+                inner=sum(_inner(b, d) for b, d in mine) if group["kl_clip"] else 0.0,
                 squared_norm=sum(float(d.square().sum()) for _, d in mine)
                 if group["max_update_norm"] is not None
                 else 0.0,
             )
             scales[index] = scale
         self.last_update_scales = scales
-        if not scales:
-            return updates
         by_group = {id(group): i for i, group in enumerate(self.param_groups)}
-        return [
-            (g, b, d * scales.get(by_group[id(g)], 1.0) if b.kronecker else d)
-            for g, b, d in updates
-        ]
+        return [scales.get(by_group[id(g)], 1.0) if b.kronecker else 1.0 for g, b, _ in updates]
 
     # -- the step and checkpoints ----------------------------------------------------------
     @torch.no_grad()
@@ -553,6 +544,15 @@ class KFAC(LayerwiseOptimizer):
         if generator_state is not None:
             self._generator.set_state(generator_state)
         self._check_layer_groups()
+
+
+def _inner(block: Block, direction: Tensor) -> float:
+    """⟨D, ∇⟩ of a block, parameter by parameter (no concatenated copy of the gradient)."""
+    pieces = block.split(direction)
+    return sum(
+        float(torch.vdot(piece.reshape(-1), p.grad.reshape(-1).to(piece.dtype)))
+        for piece, p in zip(pieces, block.params, strict=True)
+    )
 
 
 __all__ = ["KFAC", "Curvature", "DampingSplit", "Loss", "Sides"]
