@@ -189,10 +189,12 @@ def our_candidates(
     *,
     exact: bool = True,
     fp32_variants: tuple[str, ...] = ("shampoo", "soap", "muon", "kfac"),
+    kfac_statistics_batch: int | None = None,
 ) -> tuple[list[Candidate], list]:
     """Our optimizers, amortized (refresh every ``setting.refresh_every`` steps) with bf16
     application products and, for the methods in ``fp32_variants``, in their default
-    precision (float32 here); with ``exact`` also the exact modes."""
+    precision (float32 here); with ``exact`` also the exact modes; with
+    ``kfac_statistics_batch`` also KFAC bf16 with factors from that many samples per batch."""
     from layerwise.optim import SOAP, Muon, Shampoo
 
     k = setting.refresh_every
@@ -253,6 +255,26 @@ def our_candidates(
                     k,
                 )
             )
+    if kfac_statistics_batch is not None and not isinstance(kfac, str):
+        found.append(
+            Candidate(
+                f"layerwise KFAC{BF16} statistics {kfac_statistics_batch}",
+                "kfac",
+                "layerwise",
+                "amortized",
+                f"as KFAC bf16, factors from the first {kfac_statistics_batch} samples of each "
+                "batch (statistics_batch)",
+                _builder(
+                    make_kfac,
+                    {
+                        "refresh_every": k,
+                        "precondition_dtype": "bfloat16",
+                        "statistics_batch": kfac_statistics_batch,
+                    },
+                ),
+                k,
+            )
+        )
     if not exact:
         return found, missing
     exact_block = 1  # one refresh period

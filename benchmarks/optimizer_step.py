@@ -387,7 +387,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[{time.perf_counter() - started:.0f}s] {section} done", file=sys.stderr)
     if "batch" in wanted:
         for setting in plan.batches:
-            ours, missing = our_candidates(setting, exact=False, fp32_variants=("kfac",))
+            ours, missing = our_candidates(
+                setting, exact=False, fp32_variants=("kfac",), kfac_statistics_batch=256
+            )
             sections.append(
                 run_section(
                     "batch",

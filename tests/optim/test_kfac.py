@@ -207,6 +207,31 @@ def test_mlp_factors_match_per_sample_definitions(curvature, loss):
         assert_close(state[kr.RIGHT_STATISTIC], a, EXACT, f"A of layer {index}")
 
 
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("curvature", ["empirical", "ggn"])
+def test_statistics_batch_estimates_the_factors_from_the_first_samples(curvature, loss):
+    """With ``statistics_batch=k`` the factors of a batch of n are the per-sample definitions
+    over its first k samples (same expectations, rescaled), while the step uses all n."""
+    model, x, y = mlp_case(loss)
+    k = 5
+    expected = per_sample_factors(copy.deepcopy(model), x[:k], y[:k], loss, curvature, seed=11)
+    full = per_sample_factors(copy.deepcopy(model), x, y, loss, curvature, seed=11)
+    assert not torch.allclose(full[0][1], expected[0][1])  # the subsample makes a difference
+    _, _, opt = one_step(
+        model, x, y, loss, curvature=curvature, statistics_batch=k, damping=1e-3, seed=11
+    )
+    for index, (b, a) in expected.items():
+        state = opt.state[model[index].weight]
+        # One EMA update from zero, bias-corrected: (1 − β) S / (1 − β).
+        correction = 1.0 - 0.95
+        assert_close(state[kr.LEFT_STATISTIC] / correction, b, EXACT, f"B of layer {index}")
+        assert_close(state[kr.RIGHT_STATISTIC] / correction, a, EXACT, f"A of layer {index}")
+    with pytest.raises(ValueError, match="exact=True requires statistics_batch=None"):
+        KFAC(model, loss=loss, exact=True, statistics_batch=k)
+    with pytest.raises(ValueError, match="Invalid statistics_batch: 0"):
+        KFAC(model, loss=loss, statistics_batch=0)
+
+
 def output_factors(model, x, y, loss, **kwargs) -> list[torch.Tensor]:
     model = copy.deepcopy(model)
     _, _, opt = one_step(model, x, y, loss, exact=True, damping=1e-3, **kwargs)

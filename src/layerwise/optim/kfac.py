@@ -121,6 +121,9 @@ class KFAC(LayerwiseOptimizer):
             (``mc_samples`` extra backward passes with sampled targets) or ``"empirical"``
             (the gradients of the training loss; no extra pass).
         mc_samples: sampled backward passes per statistics step (``mc_fisher``).
+        statistics_batch: estimate the factors from the first this-many samples of each batch
+            (``None``: all; exact mode: ``None``): at large batches the factor products cost
+            as at this batch (the samples of a shuffled batch are a uniform subsample).
         seed: seed of the ``mc_fisher`` sampler (its state is part of ``state_dict``).
         accumulation: ``"ema"`` (with ``statistics_decay``, bias-corrected) or ``"latest"``.
         statistics_decay: EMA decay :math:`\beta` of the factors.
@@ -170,6 +173,7 @@ class KFAC(LayerwiseOptimizer):
         loss: str,
         curvature: str = "ggn",
         mc_samples: int = 1,
+        statistics_batch: int | None = None,
         seed: int = 0,
         accumulation: str | None = None,
         statistics_decay: float = 0.95,
@@ -221,6 +225,13 @@ class KFAC(LayerwiseOptimizer):
             raise ValueError("Invalid accumulation: 'sum' (KFAC factors are averages)")
         if not (isinstance(mc_samples, int) and mc_samples >= 1):
             raise ValueError(f"Invalid mc_samples: {mc_samples!r}")
+        if statistics_batch is not None:
+            if exact:
+                raise ValueError(
+                    f"exact=True requires statistics_batch=None; got {statistics_batch!r}"
+                )
+            if not (isinstance(statistics_batch, int) and statistics_batch >= 1):
+                raise ValueError(f"Invalid statistics_batch: {statistics_batch!r}")
         if not 0.0 <= statistics_decay < 1.0:
             raise ValueError(f"Invalid statistics_decay: {statistics_decay!r}")
         if kl_clip is None:
@@ -283,6 +294,7 @@ class KFAC(LayerwiseOptimizer):
             curvature=defaults["curvature"],
             loss=defaults["loss"],
             mc_samples=mc_samples,
+            statistics_batch=statistics_batch,
             generator=self._generator,
             needs=self._factor_needs,
         )

@@ -270,11 +270,17 @@ class LayerCapture:
 
 
 class CurvatureCapture:
-    """Forward hooks on ``layers`` (their inputs, and their outputs or output gradients) and on
+    r"""Forward hooks on ``layers`` (their inputs, and their outputs or output gradients) and on
     ``model`` (its output, where the ``ggn`` / ``mc_fisher`` backward passes start).
 
     ``needs(layer)`` is asked at each forward pass which factors the next optimizer step will
     use; nothing is captured for a layer that needs none (not a statistics step).
+
+    ``statistics_batch``: the factors are estimated from the first this-many samples of each
+    batch (all of them if ``None``), rescaled so that they estimate the same expectations:
+    with k of n samples, :math:`A = \frac1{R_k}\sum_{r \le R_k} \bar a_r \bar a_r^\top` and
+    :math:`B = \frac1k \sum_{i \le k} g_i g_i^\top`. The factor products then cost as at batch
+    k. (The ``ggn`` / ``mc_fisher`` backward passes still run on the whole batch.)
     """
 
     def __init__(
@@ -287,8 +293,10 @@ class CurvatureCapture:
         mc_samples: int,
         generator: torch.Generator,
         needs: Callable[[Layer], FactorNeeds],
+        statistics_batch: int | None = None,
     ) -> None:
         self.curvature = Curvature(curvature)
+        self.statistics_batch = statistics_batch
         self.loss = Loss(loss)
         self.mc_samples = mc_samples
         self.generator = generator
@@ -332,7 +340,7 @@ class CurvatureCapture:
         output_kind, input_kind = kinds
         increments: list[Tensor | RowProducts | None] = [None, None]
         if input_kind is not None:
-            rows = _stacked([input_rows(layer, a) for a in capture.inputs])
+            rows = _stacked([input_rows(layer, self._sampled(layer, a)) for a in capture.inputs])
             if bias:
                 rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
             increments[1] = RowProducts(rows, input_kind, 1.0 / rows.shape[0])
@@ -341,9 +349,11 @@ class CurvatureCapture:
         if self.curvature is Curvature.EMPIRICAL:
             if not capture.output_grads or self.batch_size is None:
                 raise RuntimeError(f"KFAC: no output gradient was captured for {layer}")
-            rows = _stacked([output_rows(layer, g) for g in capture.output_grads])
-            # The captured gradients are those of the mean loss, (1/n) ∂ℓ_i/∂s.
-            increments[0] = RowProducts(rows, output_kind, float(self.batch_size))
+            grads = [output_rows(layer, self._sampled(layer, g)) for g in capture.output_grads]
+            # The captured gradients are those of the mean loss, (1/n) ∂ℓ_i/∂s: B is
+            # n²/k Σ_{i ≤ k} (∂ℓ_i/∂s / n)(…)ᵀ for the k samples used.
+            n = self.batch_size
+            increments[0] = RowProducts(_stacked(grads), output_kind, n * n / self._samples(n))
         elif capture.output_factor is None:
             raise RuntimeError(
                 f"KFAC: the {self.curvature.value} backward pass did not reach {layer}; was the "
@@ -352,6 +362,19 @@ class CurvatureCapture:
         else:
             increments[0] = capture.output_factor
         return increments
+
+    def _samples(self, batch: int) -> int:
+        """How many samples of a batch of ``batch`` feed the factors."""
+        return batch if self.statistics_batch is None else min(batch, self.statistics_batch)
+
+    def _sampled(self, layer: Layer, tensor: Tensor) -> Tensor:
+        """The first ``statistics_batch`` samples of a layer's input or output (gradient); an
+        input without a batch dimension (1-D for a linear layer, 3-D for a convolution) is
+        one sample."""
+        unbatched = tensor.ndim == (3 if isinstance(layer, nn.Conv2d) else 1)
+        if self.statistics_batch is None or unbatched:
+            return tensor
+        return tensor[: self.statistics_batch]
 
     # -- hooks -----------------------------------------------------------------------------
     def _recording(self) -> bool:
@@ -420,15 +443,16 @@ class CurvatureCapture:
         captures = [c for c in self._captures.values() if c.outputs]
         tensors = [s for c in captures for s in c.outputs]
         values = output.detach()
+        samples = self._samples(values.shape[0])
         if self.curvature is Curvature.GGN:
             vectors = loss_hessian_sqrt_columns(values, self.loss)
-            scale = 1.0 / values.shape[0]
+            scale = 1.0 / samples
         else:
             vectors = [
                 sampled_loss_gradient(values, self.loss, self.generator)
                 for _ in range(self.mc_samples)
             ]
-            scale = 1.0 / (values.shape[0] * self.mc_samples)
+            scale = 1.0 / (samples * self.mc_samples)
         for capture in captures:
             capture.output_factor = None
         for vector in vectors:
@@ -439,7 +463,11 @@ class CurvatureCapture:
             for capture in captures:
                 pieces = grads[position : position + len(capture.outputs)]
                 position += len(capture.outputs)
-                rows = [output_rows(capture.layer, g) for g in pieces if g is not None]
+                rows = [
+                    output_rows(capture.layer, self._sampled(capture.layer, g))
+                    for g in pieces
+                    if g is not None
+                ]
                 if not rows:
                     continue
                 kind = capture.kinds[0]
