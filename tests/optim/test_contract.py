@@ -33,6 +33,7 @@ OPTIMIZERS = {
     ),
     "soap": lambda p: SOAP(p, lr=1e-2, refresh_every=3),
     "soap-bf16": lambda p: SOAP(p, lr=1e-2, refresh_every=3, precondition_dtype="bfloat16"),
+    "soap-power-qr": lambda p: SOAP(p, lr=1e-2, refresh_every=2, basis_refresh="power_qr"),
     "soap-exact": lambda p: SOAP(p, lr=1e-2, exact=True),
     "muon": lambda p: Muon(p, lr=2e-2, adam_lr_ratio=0.5, weight_decay=1e-3),
     "muon-exact": lambda p: Muon(p, lr=2e-2, adam_lr_ratio=0.5, exact=True),
@@ -99,10 +100,12 @@ def test_failed_decomposition_keeps_previous_preconditioner_and_is_counted(name,
     weight_state = optimizer.state[model[0].weight]
     kept = weight_state[kronecker.LEFT_PRECONDITIONER].clone()
 
-    def broken_eigh(a):
+    def broken(*args, **kwargs):
         raise torch.linalg.LinAlgError("injected failure")
 
-    monkeypatch.setattr(torch.linalg, "eigh", broken_eigh)
+    # eigh, and the QR of SOAP's power-iteration refresh.
+    monkeypatch.setattr(torch.linalg, "eigh", broken)
+    monkeypatch.setattr(torch.linalg, "qr", broken)
     with pytest.warns(RuntimeWarning, match="refresh failed"):
         train(model, optimizer, batches[3:])
     assert optimizer.failure_counts()[kronecker.FAILED_REFRESHES] > 0

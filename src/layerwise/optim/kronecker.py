@@ -52,6 +52,7 @@ LEFT_PRECONDITIONER = "left_preconditioner"
 RIGHT_PRECONDITIONER = "right_preconditioner"
 EIGENBASIS_EXP_AVG_SQ = "eigenbasis_exp_avg_sq"
 EIGENBASIS_EXP_AVG = "eigenbasis_exp_avg"
+EIGENBASIS_READY = "eigenbasis_ready"
 FAILED_REFRESHES = "failed_refreshes"
 CONSECUTIVE_FAILURES = "consecutive_failed_refreshes"
 
@@ -103,6 +104,21 @@ class InverseRoot:
         _check_compute_dtype(self.compute_dtype)
 
 
+class BasisRefresh(enum.StrEnum):
+    r"""How :class:`EigenbasisAdam` recomputes its eigenbasis :math:`Q` of a statistic S.
+
+    ``eigh``: the exact eigenvectors. ``power_qr``: one step of subspace (power) iteration from
+    the previous basis, :math:`Q \leftarrow \operatorname{qr}(S Q)`, its columns first sorted
+    by the estimated eigenvalues :math:`\operatorname{diag}(Q^\top S Q)` (and Adam's second
+    moment permuted with them) — the refresh of Vyas et al.'s SOAP implementation: one product
+    and a QR instead of an ``eigh``, tracking a slowly moving statistic; repeated on a fixed S
+    it converges to the eigenbasis. The first refresh of a state always uses ``eigh``.
+    """
+
+    EIGH = "eigh"
+    POWER_QR = "power_qr"
+
+
 @dataclass(frozen=True, kw_only=True)
 class EigenbasisAdam:
     r"""Adam run in the eigenbasis :math:`Q_L, Q_R` of the statistics (SOAP, EKFAC).
@@ -122,6 +138,8 @@ class EigenbasisAdam:
     from :math:`\tilde G` by linearity (two products per step fewer; equal up to round-off),
     and recomputed from the direction after each refresh.
 
+    ``basis_refresh``: see :class:`BasisRefresh`.
+
     ``compute_dtype``: precision of the rotation *back* out of the eigenbasis (see
     :class:`KroneckerConfig`). The rotation into it stays in the direction's dtype, as do the
     moments and the division: Adam's per-coordinate normalization turns the round-off of a
@@ -135,9 +153,11 @@ class EigenbasisAdam:
     epsilon: float = 1e-8
     first_moment_decay: float | None = None
     compute_dtype: torch.dtype | None = None
+    basis_refresh: BasisRefresh = BasisRefresh.EIGH
 
     def __post_init__(self) -> None:
         _check_compute_dtype(self.compute_dtype)
+        object.__setattr__(self, "basis_refresh", BasisRefresh(self.basis_refresh))
         if not 0.0 <= self.beta2 < 1.0:
             raise ValueError(f"beta2 must be in [0, 1), got {self.beta2}")
         if self.epsilon < 0:
@@ -347,6 +367,21 @@ def _side_preconditioner(
             raise TypeError(f"no statistics to refresh for transform {transform!r}")
 
 
+def _power_qr_step(statistic: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """One :data:`BasisRefresh.POWER_QR` step: the new basis and the order (descending
+    estimated eigenvalue) in which the previous basis' columns were taken."""
+    power = statistic @ basis
+    estimated = (basis * power).sum(dim=0)  # diag(Qᵀ S Q)
+    order = torch.argsort(estimated, descending=True)
+    try:
+        fresh, _ = torch.linalg.qr(power[:, order])
+    except torch.linalg.LinAlgError as error:
+        raise DecompositionError(f"QR of the power step failed: {error}") from error
+    if not matrix.all_finite([fresh]):
+        raise DecompositionError("power iteration produced non-finite values")
+    return fresh, order
+
+
 def refresh(
     config: KroneckerConfig,
     state: dict[str, Any],
@@ -370,10 +405,21 @@ def refresh(
     root = (transform.root or 2.0 * len(sides)) if isinstance(transform, InverseRoot) else 1.0
     base_damping = transform.damping if isinstance(transform, InverseRoot) else 0.0
     dampings = damping if damping is not None else (base_damping, base_damping)
+    power_step = (
+        isinstance(transform, EigenbasisAdam)
+        and transform.basis_refresh is BasisRefresh.POWER_QR
+        and state.get(EIGENBASIS_READY, False)
+    )
+    orders: dict[int, Tensor] = {}
     try:
         fresh = {}
         for side, key in enumerate(_STATISTIC_KEYS):
-            if key in state:
+            if key not in state:
+                continue
+            if power_step and state[key].ndim == 2:
+                basis, orders[side] = _power_qr_step(state[key], state[_PRECONDITIONER_KEYS[side]])
+                fresh[_PRECONDITIONER_KEYS[side]] = basis
+            else:
                 fresh[_PRECONDITIONER_KEYS[side]] = _side_preconditioner(
                     transform, state[key], root, dampings[side], config.retry_float64
                 )
@@ -396,8 +442,14 @@ def refresh(
         value = fresh.get(key)
         if value is not None:
             state[key].copy_(value.mul_(scales[side]) if scales[side] != 1.0 else value)
-    # A first moment kept in the eigenbasis belongs to the old basis.
+    # The second moment follows its coordinates when a power step reorders them; a first
+    # moment kept in the eigenbasis belongs to the old basis.
+    for side, order in orders.items():
+        exp_avg_sq: Tensor = state[EIGENBASIS_EXP_AVG_SQ]
+        exp_avg_sq.copy_(exp_avg_sq.index_select(side, order))
     state.pop(EIGENBASIS_EXP_AVG, None)
+    if isinstance(transform, EigenbasisAdam):
+        state[EIGENBASIS_READY] = True
     state[CONSECUTIVE_FAILURES] = 0
     return True
 
