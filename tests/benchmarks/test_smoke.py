@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from benchmarks.candidates import Setting, build_mlp, make_batches
 from benchmarks.floors import FloorWork
 from benchmarks.timing import Block, Canary, Timed, paired_ratio
@@ -24,9 +25,23 @@ def test_quick_run_writes_a_complete_report(tmp_path):
         assert rows[name]["median_ms"] > 0
         assert rows[name]["state_mib"] > 0
     assert rows["torch AdamW"]["ratio_adamw"] == 1.0
-    for name in ("layerwise Shampoo", "layerwise SOAP", "layerwise Muon"):
+    with_floor = [
+        "layerwise Shampoo",
+        "layerwise Shampoo bf16",
+        "layerwise SOAP",
+        "layerwise SOAP bf16",
+        "layerwise Muon bf16",
+        "layerwise KFAC",
+        "layerwise KFAC bf16",
+    ]
+    for name in with_floor:
+        assert rows[name]["error"] is None, rows[name]
         assert rows[name]["floor"] == "floor " + name.removeprefix("layerwise ")
         assert rows[name]["ratio_floor"] > 0
+    assert "floor" not in rows["layerwise Muon"]  # float32 Muon is its own floor (README)
+    batch = next(s for s in report["sections"] if s["section"] == "batch")
+    batch_rows = {row["name"]: row for row in batch["rows"]}
+    assert batch_rows["layerwise KFAC bf16 statistics 256"]["median_ms"] > 0
     profile = main["profiles"]["layerwise Shampoo"]
     assert {"statistics", "decompositions", "application", "optimizer_step"} <= set(profile)
     assert (
@@ -56,7 +71,11 @@ def test_floor_work_runs_for_every_method():
 
     F.cross_entropy(model(x), y).backward()
     for method in ("shampoo", "soap", "muon", "kfac"):
-        for exact in (False, True):
-            work = FloorWork(method, setting, exact=exact)
+        for exact, dtype in (
+            (False, torch.float32),
+            (False, torch.bfloat16),
+            (True, torch.float32),
+        ):
+            work = FloorWork(method, setting, exact=exact, dtype=dtype)
             work(model, 1)
             work(model, 2)
