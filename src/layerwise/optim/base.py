@@ -33,10 +33,11 @@ directions are checked again before they are written, so no NaN reaches a parame
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -104,20 +105,49 @@ class Block:
         return [piece.reshape(p.shape) for piece, p in zip(pieces, self.params, strict=True)]
 
 
+#: A scalar on a direction — a float, or a 0-D tensor (no synchronization) — that is folded into
+#: the parameter update (``add_``'s alpha, or one ``addcmul_``) instead of costing a pass.
+Factor = float | Tensor
+
+
+class Direction(NamedTuple):
+    """A block's update direction as ``factor * tensor`` (see :data:`Factor`)."""
+
+    tensor: Tensor
+    factor: Factor = 1.0
+
+    def materialized(self) -> Tensor:
+        """``factor * tensor`` as one tensor (the tensor itself when the factor is 1)."""
+        if isinstance(self.factor, float) and self.factor == 1.0:
+            return self.tensor
+        return self.tensor * self.factor
+
+
+class Update(NamedTuple):
+    """One block's part of a step: its param group, the block and its direction."""
+
+    group: dict[str, Any]
+    block: Block
+    direction: Direction
+
+
 def adam_direction(
     state: dict[str, Any], first_moment: Tensor, grad: Tensor, beta2: float, eps: float, step: int
-) -> Tensor:
+) -> Direction:
     r"""AdamW's direction :math:`\hat M / (\sqrt{V / (1 - \beta_2^t)} + \epsilon)`; updates ``V``.
 
-    ``first_moment`` is already bias-corrected. Shared by the Adam path, Shampoo's Adam
-    grafting and (through the identity basis) the SOAP-equals-Adam reduction.
+    Returned as :math:`\sqrt{c_2}\cdot \hat M / (\sqrt V + \epsilon \sqrt{c_2})` with
+    :math:`c_2 = 1 - \beta_2^t` (the same number; the scalar rides on the update, three passes
+    instead of five). ``first_moment`` is already bias-corrected. Shared by the Adam path and
+    Shampoo's Adam grafting.
     """
     exp_avg_sq = state.get(EXP_AVG_SQ)
     if exp_avg_sq is None:
         exp_avg_sq = state[EXP_AVG_SQ] = torch.zeros_like(grad)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    denominator = (exp_avg_sq / (1.0 - beta2**step)).sqrt_().add_(eps)
-    return first_moment / denominator
+    root_correction = math.sqrt(1.0 - beta2**step)
+    denominator = exp_avg_sq.sqrt().add_(eps * root_correction)
+    return Direction(torch.div(first_moment, denominator, out=denominator), root_correction)
 
 
 def check_hyperparameters(**values: Any) -> None:
@@ -195,9 +225,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         direction: Tensor,
         first_moment: Tensor,
         grad: Tensor,
-    ) -> Tensor:
-        """Adjust the preconditioned direction (grafting, scaling); default: unchanged."""
-        return direction
+    ) -> Direction:
+        """Adjust the preconditioned direction (grafting, scaling), preferably through the
+        factor of the returned :class:`Direction`; default: unchanged."""
+        return Direction(direction)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As ``torch.optim.Optimizer.load_state_dict``; knobs added to the optimizer after the
@@ -207,7 +238,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
-    def update_scales(self, updates: list[tuple[dict[str, Any], Block, Tensor]]) -> list[float]:
+    def update_scales(self, updates: list[Update]) -> list[float]:
         """For all ``(group, block, direction)`` of the step, a factor on each one's step size
         (folded into the parameter update: no pass over the direction). The place for rules
         that couple layers (KFAC's KL clipping); default: all 1."""
@@ -228,31 +259,36 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._skip(work, "non-finite gradient")
             return loss
 
-        updates: list[tuple[dict[str, Any], Block, Tensor]] = []
+        updates: list[Update] = []
         for group, blocks in work:
             config = self.kronecker_config(group) if any(b.kronecker for b in blocks) else None
             if config is not None and kronecker.applies_batched(config):
                 updates += self._batched_directions(group, blocks, config)
                 continue
             for block in blocks:
-                updates.append((group, block, self._direction(group, block, config)))
+                updates.append(Update(group, block, self._direction(group, block, config)))
         scales = self.update_scales(updates)
-        if not matrix.all_finite([direction for _, _, direction in updates]):
+        checked = [u.direction.tensor for u in updates]
+        checked += [u.direction.factor for u in updates if isinstance(u.direction.factor, Tensor)]
+        if not matrix.all_finite(checked):
             self._skip(work, "non-finite update")
             return loss
-        for (group, block, direction), scale in zip(updates, scales, strict=True):
+        for (group, block, (tensor, factor)), scale in zip(updates, scales, strict=True):
             lr = group["lr"] if block.kronecker else group["lr"] * group.get("adam_lr_ratio", 1.0)
-            for param, piece in zip(block.params, block.split(direction), strict=True):
+            for param, piece in zip(block.params, block.split(tensor), strict=True):
                 if group["weight_decay"]:
                     param.mul_(1.0 - lr * group["weight_decay"])
-                param.add_(piece, alpha=-lr * scale)
+                if isinstance(factor, Tensor):
+                    param.addcmul_(piece, factor, value=-lr * scale)
+                else:
+                    param.add_(piece, alpha=-lr * scale * factor)
         return loss
 
     def _direction(
         self, group: dict[str, Any], block: Block, config: KroneckerConfig | None
-    ) -> Tensor:
+    ) -> Direction:
         prepared = self._prepare_direction(group, block, config)
-        if isinstance(prepared, Tensor):  # the Adam path is done
+        if isinstance(prepared, Direction):  # the Adam path is done
             return prepared
         assert config is not None
         with _phase(PROFILE_APPLY):
@@ -267,26 +303,26 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _batched_directions(
         self, group: dict[str, Any], blocks: list[Block], config: KroneckerConfig
-    ) -> list[tuple[dict[str, Any], Block, Tensor]]:
+    ) -> list[Update]:
         """As :meth:`_direction` for every block, with the (stateless) application of all
         Kronecker blocks in one :func:`~layerwise.optim.kronecker.apply_batched` call, which
         runs same-shape matrices as one batched product (Muon's Newton–Schulz)."""
         prepared = [self._prepare_direction(group, block, config) for block in blocks]
-        pending = [p for p in prepared if not isinstance(p, Tensor)]
+        pending = [p for p in prepared if isinstance(p, _Prepared)]
         with _phase(PROFILE_APPLY):
             applied = iter(kronecker.apply_batched(config, [p.first_moment for p in pending]))
         return [
-            (
+            Update(
                 group,
                 block,
-                p if isinstance(p, Tensor) else self._finish_direction(group, p, next(applied)),
+                self._finish_direction(group, p, next(applied)) if isinstance(p, _Prepared) else p,
             )
             for block, p in zip(blocks, prepared, strict=True)
         ]
 
     def _prepare_direction(
         self, group: dict[str, Any], block: Block, config: KroneckerConfig | None
-    ) -> Tensor | _Prepared:
+    ) -> Direction | _Prepared:
         """Everything of a block's step before the application: state, first moment,
         statistics and refresh. Returns the final direction for Adam-path blocks."""
         state = self.state[block.key]
@@ -324,20 +360,20 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _finish_direction(
         self, group: dict[str, Any], prepared: _Prepared, applied: Tensor
-    ) -> Tensor:
+    ) -> Direction:
         """Post-processing (grafting, scaling) and heavy-ball momentum of a Kronecker block."""
         state, momentum, nesterov = prepared.state, prepared.momentum, prepared.nesterov
         with _phase(PROFILE_APPLY):
-            direction = self.postprocess(
-                group, state, applied, prepared.first_moment, prepared.grad
-            )
-        if momentum:
-            buffer = state.get(MOMENTUM_BUFFER)
-            if buffer is None:
-                buffer = state[MOMENTUM_BUFFER] = torch.zeros_like(direction)
-            buffer.mul_(momentum).add_(direction)
-            direction = direction + momentum * buffer if nesterov else buffer.clone()
-        return direction
+            result = self.postprocess(group, state, applied, prepared.first_moment, prepared.grad)
+        if not momentum:
+            return result
+        direction = result.materialized()
+        buffer = state.get(MOMENTUM_BUFFER)
+        if buffer is None:
+            buffer = state[MOMENTUM_BUFFER] = torch.zeros_like(direction)
+        buffer.mul_(momentum).add_(direction)
+        # Directions are only read after this (the update), so the buffer itself can serve.
+        return Direction(direction + momentum * buffer if nesterov else buffer)
 
     def refresh(
         self, group: dict[str, Any], block: Block, config: KroneckerConfig, state: dict[str, Any]

@@ -62,7 +62,13 @@ from torch import Tensor, nn
 
 from layerwise.optim import kronecker
 from layerwise.optim._modes import compute_dtype, resolve_mode
-from layerwise.optim.base import STEP, Block, LayerwiseOptimizer, check_hyperparameters
+from layerwise.optim.base import (
+    STEP,
+    Block,
+    LayerwiseOptimizer,
+    Update,
+    check_hyperparameters,
+)
 from layerwise.optim.kfac_curvature import (
     Curvature,
     CurvatureCapture,
@@ -513,20 +519,25 @@ class KFAC(LayerwiseOptimizer):
             raise DecompositionError(message)
         warnings.warn(f"{message}; keeping the previous inverse", RuntimeWarning, stacklevel=4)
 
-    def update_scales(self, updates: list[tuple[dict[str, Any], Block, Tensor]]) -> list[float]:
+    def update_scales(self, updates: list[Update]) -> list[float]:
         scales: dict[int, float] = {}
         for index, group in enumerate(self.param_groups):
             if not group["kl_clip"] and group["max_update_norm"] is None:
                 continue
             mine = [(b, d) for g, b, d in updates if g is group and b.kronecker]
+            # KFAC's own directions carry no factor; another one would scale ⟨D, ∇⟩ and ‖D‖.
             if not mine:
                 continue
             scale = clip_scale(
                 group["lr"],
                 kl_clip=group["kl_clip"],
                 max_update_norm=group["max_update_norm"],
-                inner=sum(_inner(b, d) for b, d in mine) if group["kl_clip"] else 0.0,
-                squared_norm=sum(float(d.square().sum()) for _, d in mine)
+                inner=sum(_inner(b, d.tensor) * float(d.factor) for b, d in mine)
+                if group["kl_clip"]
+                else 0.0,
+                squared_norm=sum(
+                    float(d.tensor.square().sum()) * float(d.factor) ** 2 for _, d in mine
+                )
                 if group["max_update_norm"] is not None
                 else 0.0,
             )

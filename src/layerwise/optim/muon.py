@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from layerwise.optim._modes import compute_dtype, resolve_mode
-from layerwise.optim.base import LayerwiseOptimizer
+from layerwise.optim.base import Direction, LayerwiseOptimizer
 from layerwise.optim.kronecker import KroneckerConfig, Orthogonalize, PolarMethod
 from layerwise.optim.matrix import NEWTON_SCHULZ_QUINTIC
 
@@ -145,6 +145,5 @@ class Muon(LayerwiseOptimizer):
         direction: Tensor,
         first_moment: Tensor,
         grad: Tensor,
-    ) -> Tensor:
-        scale = muon_scale(group["scale"], tuple(direction.shape))
-        return direction if scale == 1.0 else direction * scale
+    ) -> Direction:
+        return Direction(direction, muon_scale(group["scale"], tuple(direction.shape)))

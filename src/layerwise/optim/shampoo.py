@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from layerwise.optim._modes import compute_dtype, resolve_mode
-from layerwise.optim.base import STEP, LayerwiseOptimizer, adam_direction
+from layerwise.optim.base import STEP, Direction, LayerwiseOptimizer, adam_direction
 from layerwise.optim.kronecker import Accumulation, InverseRoot, KroneckerConfig
 from layerwise.optim.matrix import Damping
 
@@ -173,22 +173,23 @@ class Shampoo(LayerwiseOptimizer):
         direction: Tensor,
         first_moment: Tensor,
         grad: Tensor,
-    ) -> Tensor:
+    ) -> Direction:
         before_start = state[STEP] < group["start_preconditioning_step"]
         match Grafting(group["grafting"]):
             case Grafting.NONE:
-                return first_moment if before_start else direction
+                return Direction(first_moment if before_start else direction)
             case Grafting.SGD:
-                grafted = first_moment
+                grafted = Direction(first_moment)
             case Grafting.ADAM:
                 grafted = adam_direction(
                     state, first_moment, grad, group["betas"][1], group["eps"], state[STEP]
                 )
         if before_start:
             return grafted
+        # The graft's norm as the direction's factor (0-D: no synchronization, no pass).
         norm = torch.linalg.matrix_norm(direction)
-        scale = torch.where(norm > 0, torch.linalg.matrix_norm(grafted) / norm, 0.0)
-        return direction * scale
+        grafted_norm = torch.linalg.matrix_norm(grafted.tensor) * grafted.factor
+        return Direction(direction, torch.where(norm > 0, grafted_norm / norm, 0.0))
 
 
 __all__ = ["Grafting", "Shampoo"]
