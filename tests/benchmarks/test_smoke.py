@@ -45,8 +45,8 @@ def test_quick_run_writes_a_complete_report(tmp_path):
     profile = main["profiles"]["layerwise Shampoo"]
     assert {"statistics", "decompositions", "application", "optimizer_step"} <= set(profile)
     assert (
-        "layerwise Muon" in main["profiles"]
-        and "statistics" not in main["profiles"]["layerwise Muon"]
+        "layerwise Muon bf16" in main["profiles"]
+        and "statistics" not in main["profiles"]["layerwise Muon bf16"]
     )
 
 
