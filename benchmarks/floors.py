@@ -60,28 +60,28 @@ class FloorWork:
                 by_shape.setdefault(tuple(grad.shape), []).append(grad.to(self.dtype))
             for same in by_shape.values():
                 _newton_schulz(torch.stack(same))
+            return
         for index, grad in enumerate(grads):
             left, right = self.applied[index]
             low_left, low_right = self.applied_low[index]
-            low_grad = grad.to(self.dtype)
             match self.method:
                 case "shampoo":
                     _products(grad, left is not None, right is not None)
-                    _two_sided(low_left, low_grad, low_right)
+                    _two_sided(low_left, grad.to(self.dtype), low_right)
                 case "soap":
                     _products(grad, left is not None, right is not None)
                     _two_sided(_t(left), grad, right)
-                    _two_sided(low_left, low_grad, _t(low_right))
-                case "muon" if self.exact:
+                    _two_sided(low_left, grad.to(self.dtype), _t(low_right))
+                case "muon":  # exact (the amortized floor returned above)
                     u, _, vh = torch.linalg.svd(grad, full_matrices=False)
                     u @ vh
-                case "muon":
-                    pass  # all layers at once, below
                 case "kfac":
                     a, g = self.inputs[index], self.output_grads[index]
                     a.mT @ a
                     g.mT @ g
-                    _two_sided(low_left, torch.cat([low_grad, low_grad[:, :1]], dim=1), low_right)
+                    low_grad = grad.to(self.dtype)
+                    with_bias = torch.cat([low_grad, low_grad[:, :1]], dim=1)
+                    _two_sided(low_left, with_bias, low_right)
             if refresh and self.method != "muon":
                 for factor in self.factors[index]:
                     if factor is None:

@@ -29,7 +29,8 @@ def test_fused_gradient_statistics_equal_the_explicit_increments(accumulation):
         left = grad @ grad.T
         right = (grad * grad).sum(dim=0)
         previous = explicit[kronecker.LEFT_STATISTIC].clone(), explicit[kronecker.RIGHT_STATISTIC]
-        kronecker.accumulate(config, explicit, left, right)
+        kronecker.accumulate_increment(config, explicit[kronecker.LEFT_STATISTIC], left)
+        kronecker.accumulate_increment(config, explicit[kronecker.RIGHT_STATISTIC], right)
         if accumulation == "ema":  # the rule itself, written out
             torch.testing.assert_close(
                 explicit[kronecker.LEFT_STATISTIC], 0.9 * previous[0] + 0.1 * left

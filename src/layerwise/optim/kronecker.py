@@ -20,8 +20,9 @@ EKFAC      as KFAC                            EMA or latest batch     :class:`Ei
 
 Where the increments come from is the caller's business (the optimizer shell): gradients for
 Shampoo / SOAP (:func:`accumulate_gradient_statistics`, products fused with their
-accumulation), layer inputs and output gradients captured by module hooks for KFAC
-(:func:`accumulate`). This module only accumulates, refreshes and applies.
+accumulation), layer inputs and output gradients captured by module hooks for KFAC (folded in
+by :func:`accumulate_increment`, or fused the same way). This module only accumulates,
+refreshes and applies.
 
 The functions are pure in the optax sense except that they update the ``state`` mapping they
 are given in place (it lives in ``torch.optim.Optimizer.state`` so that ``state_dict`` carries it).
@@ -284,8 +285,8 @@ def accumulate_gradient_statistics(
 
     A dense side is one fused product, :math:`S \leftarrow \beta S + (1 - \beta)\, G G^\top`
     as a single in-place ``addmm`` (BLAS's own :math:`\beta C + \alpha AB`): no increment is
-    materialized and no extra pass is made over :math:`S`. Equal to :func:`accumulate` with the
-    increments up to round-off.
+    materialized and no extra pass is made over :math:`S`. Equal to
+    :func:`accumulate_increment` of the explicit increments up to round-off.
     """
     beta, alpha = accumulation_weights(config)
     for side, kind in enumerate(config.side_kinds(tuple(grad.shape))):
@@ -298,21 +299,6 @@ def accumulate_gradient_statistics(
                 accumulate_increment(config, state[key], grad.square().sum(dim=1 - side))
             case SideKind.NONE:
                 pass
-
-
-def accumulate(
-    config: KroneckerConfig,
-    state: dict[str, Any],
-    left: Tensor | None,
-    right: Tensor | None,
-) -> None:
-    """Fold the increments into the statistics according to ``config.accumulation``."""
-    for key, increment in zip(_STATISTIC_KEYS, (left, right), strict=True):
-        if key not in state:
-            continue
-        if increment is None:
-            raise ValueError(f"{key}: an increment is required for a preconditioned side")
-        accumulate_increment(config, state[key], increment)
 
 
 def accumulation_weights(config: KroneckerConfig) -> tuple[float, float]:
