@@ -10,6 +10,7 @@ them with newer code: that would test nothing.
 
 from __future__ import annotations
 
+import copy
 import pathlib
 
 import torch
@@ -104,7 +105,7 @@ def main() -> None:
         train(model, optimizer, data[:WARMUP], loss)
         checkpoint = {
             "model": {k: v.clone() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),  # state_dict() holds references
         }
         train(model, optimizer, data[WARMUP:], loss)
         checkpoint["expected"] = {k: v.clone() for k, v in model.state_dict().items()}
