@@ -1,57 +1,61 @@
-r"""The ``torch.optim`` shell shared by every layer-wise optimizer of the package.
+r"""The ``torch.optim`` shell of every layer-wise optimizer, and the generic :class:`Layerwise`.
 
-One step for a block (a parameter viewed as a matrix, or for KFAC a weight with its bias):
+The shell owns the ``torch.optim`` contract — param groups with every knob per group,
+``step(closure)``, LR schedulers, ``state_dict()`` / ``load_state_dict()`` that resume bit for
+bit — and runs one param group's :class:`~layerwise.optim.parts.Parts` on its blocks:
 
-1. first moment (all methods): :math:`M \leftarrow \beta_1 M + (1 - \beta_1) G`, bias-corrected
-   :math:`\hat M = M / (1 - \beta_1^t)`; with ``nesterov`` the direction fed on is
-   :math:`\beta_1 \hat M + (1 - \beta_1) G` (Muon's Nesterov momentum). ``beta1 = 0`` feeds the
-   raw gradient.
-2. every ``statistics_every`` steps the block's statistics get their increments (gradients for
-   Shampoo / SOAP; activations and output gradients for KFAC); every ``refresh_every`` steps
-   (steps 1, k + 1, 2k + 1, ...) the preconditioners are recomputed
-   (:mod:`layerwise.optim.kronecker`);
-3. the direction is preconditioned and post-processed (grafting, Muon's scale);
-4. optional heavy-ball momentum on the preconditioned direction (Kronecker blocks only):
-   :math:`B \leftarrow \mu B + D`, and :math:`D \leftarrow B` (or :math:`D + \mu B` with
-   ``nesterov``) — for KFAC and Shampoo;
-5. decoupled weight decay and the step: :math:`W \leftarrow (1 - \eta\lambda) W - \eta D`.
+1. the first moment (:class:`~layerwise.optim.policies.FirstMoment`);
+2. every ``statistics_every`` steps the statistics part folds in its increments; every
+   ``refresh_every`` steps (steps 1, k + 1, 2k + 1, ...) the transform refreshes its
+   preconditioner under the failure policy;
+3. the transform's application, then grafting or the shape scale;
+4. heavy-ball momentum; clipping across the group's blocks;
+5. decoupled weight decay and the step :math:`W \leftarrow (1 - \eta\lambda) W - \eta\nu D`.
 
-Parameters that are not matrices. 0-D and 1-D tensors (biases, norm scales) take the **Adam
-path**: :math:`D = \hat M / (\sqrt{V / (1 - \beta_2^t)} + \epsilon)`, exactly AdamW with the
-group's betas, ``eps`` and weight decay, at learning rate ``lr * adam_lr_ratio`` (a ratio so
-that LR schedulers scale both paths). Tensors with more than two dimensions are viewed as
-matrices of shape ``(shape[0], prod(shape[1:]))`` (output channels x everything else, e.g. a
-conv kernel).
+Parameters that are not matrices (0-D, 1-D, and those a statistics part does not cover) take
+the Adam path (:class:`~layerwise.optim.policies.AdamPath`). Tensors with more than two
+dimensions are viewed as ``(shape[0], prod(shape[1:]))`` matrices.
+
+A named optimizer is a subclass that only chooses: its constructor's knobs (the group
+defaults), how the exact mode sets them (:attr:`LayerwiseOptimizer.MODE`), and
+:meth:`~LayerwiseOptimizer.compose`, the function from a group's knobs to its parts. The
+composition is built and checked once per group, at construction and in
+:meth:`add_param_group`, and cached; it is rebuilt only when a knob of the group changes
+(the learning rate is read live each step).
 
 Robustness. Before anything changes, all gradients of the step are checked together (one
-synchronization): if any is non-finite the whole step is skipped, a ``RuntimeWarning`` is
-issued and ``skipped_steps`` in each parameter's state is incremented. Preconditioner failures
-keep the previous preconditioner (:func:`layerwise.optim.kronecker.refresh`). The final
-directions are checked again before they are written, so no NaN reaches a parameter.
+synchronization): if any is non-finite the whole step is skipped with a ``RuntimeWarning`` and
+``skipped_steps`` is incremented in each block's state. The final directions are checked
+again before they are written, so no NaN reaches a parameter.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import enum
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from layerwise.optim import kronecker, matrix
-from layerwise.optim._modes import COMPUTE_DTYPES
-from layerwise.optim.kronecker import KroneckerConfig
-
-# State keys of the shell.
-STEP = "step"
-EXP_AVG = "exp_avg"
-EXP_AVG_SQ = "exp_avg_sq"
-MOMENTUM_BUFFER = "momentum_buffer"
-SKIPPED_STEPS = "skipped_steps"
+from layerwise.optim import matrix
+from layerwise.optim.kronecker import (
+    AUTO,
+    CONSECUTIVE_FAILURES,
+    EXP_AVG,
+    FAILED_REFRESHES,
+    SKIPPED_STEPS,
+    STATISTICS_UPDATES,
+    STEP,
+    init_statistics,
+    statistics_dtype,
+)
+from layerwise.optim.parts import Parts
+from layerwise.optim.policies import Direction, UpdateScale
+from layerwise.optim.statistics import Block, GradientSource, LayerFactors, LayerFactorSource
 
 #: ``torch.profiler`` ranges around the three phases of a Kronecker block's step (statistics
 #: and their accumulation, the preconditioner refresh, the application with post-processing).
@@ -60,67 +64,24 @@ PROFILE_STATISTICS = "layerwise.statistics"
 PROFILE_REFRESH = "layerwise.refresh"
 PROFILE_APPLY = "layerwise.apply"
 
+#: Group entries read live at every step, never part of the cached composition.
+LIVE_KNOBS = ("params", "lr")
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A Kronecker block's step up to its application (see ``_prepare_direction``)."""
-
-    state: dict[str, Any]
-    grad: Tensor
-    first_moment: Tensor
-    step: int
-    momentum: float
-    nesterov: bool
+#: State keys renamed since earlier versions (old -> new); checkpoints are migrated on load.
+RENAMED_STATE_KEYS = {
+    "left_scalar_statistic": "left_statistic",
+    "right_scalar_statistic": "right_statistic",
+}
 
 
-@dataclass(frozen=True)
-class Block:
-    """Parameters preconditioned together as one ``(m, n)`` matrix (state lives on the first).
+class ModeDefault(NamedTuple):
+    """How a knob left as ``None`` is set by the mode: its value in the amortized and the exact
+    mode (a value, or a function of the group); with ``required`` an explicitly given value that
+    contradicts the exact one is refused, so ``exact=True`` always means what it says."""
 
-    ``kronecker=False`` sends the block down the Adam path (each tensor entry-wise).
-    """
-
-    params: tuple[torch.nn.Parameter, ...]
-    kronecker: bool
-
-    @property
-    def key(self) -> torch.nn.Parameter:
-        return self.params[0]
-
-    def matrix(self, tensors: Sequence[Tensor]) -> Tensor:
-        """View (and for a weight + bias pair, concatenate) the block's tensors as a matrix."""
-        if not self.kronecker:
-            return tensors[0]
-        first = tensors[0].reshape(tensors[0].shape[0], -1)
-        if len(tensors) == 1:
-            return first
-        return torch.cat([first, *(t.reshape(first.shape[0], -1) for t in tensors[1:])], dim=1)
-
-    def split(self, matrix: Tensor) -> list[Tensor]:
-        """Inverse of :meth:`matrix`: the block's tensors from a matrix of its shape."""
-        if len(self.params) == 1:
-            return [matrix.reshape(self.params[0].shape)]
-        widths = [p.numel() // p.shape[0] for p in self.params]
-        pieces = torch.split(matrix, widths, dim=1)
-        return [piece.reshape(p.shape) for piece, p in zip(pieces, self.params, strict=True)]
-
-
-#: A scalar on a direction — a float, or a 0-D tensor (no synchronization) — that is folded into
-#: the parameter update (``add_``'s alpha, or one ``addcmul_``) instead of costing a pass.
-Factor = float | Tensor
-
-
-class Direction(NamedTuple):
-    """A block's update direction as ``factor * tensor`` (see :data:`Factor`)."""
-
-    tensor: Tensor
-    factor: Factor = 1.0
-
-    def materialized(self) -> Tensor:
-        """``factor * tensor`` as one tensor (the tensor itself when the factor is 1)."""
-        if isinstance(self.factor, float) and self.factor == 1.0:
-            return self.tensor
-        return self.tensor * self.factor
+    amortized: Any
+    exact: Any
+    required: bool = True
 
 
 class Update(NamedTuple):
@@ -131,39 +92,30 @@ class Update(NamedTuple):
     direction: Direction
 
 
-def adam_direction(
-    state: dict[str, Any], first_moment: Tensor, grad: Tensor, beta2: float, eps: float, step: int
-) -> Direction:
-    r"""AdamW's direction :math:`\hat M / (\sqrt{V / (1 - \beta_2^t)} + \epsilon)`; updates ``V``.
+@dataclass(frozen=True)
+class _Prepared:
+    """A Kronecker block's step up to its application."""
 
-    Returned as :math:`\sqrt{c_2}\cdot \hat M / (\sqrt V + \epsilon \sqrt{c_2})` with
-    :math:`c_2 = 1 - \beta_2^t` (the same number; the scalar rides on the update, three passes
-    instead of five). ``first_moment`` is already bias-corrected. Shared by the Adam path and
-    Shampoo's Adam grafting.
-    """
-    exp_avg_sq = state.get(EXP_AVG_SQ)
-    if exp_avg_sq is None:
-        exp_avg_sq = state[EXP_AVG_SQ] = torch.zeros_like(grad)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    root_correction = math.sqrt(1.0 - beta2**step)
-    denominator = exp_avg_sq.sqrt().add_(eps * root_correction)
-    return Direction(torch.div(first_moment, denominator, out=denominator), root_correction)
+    state: dict[str, Any]
+    grad: Tensor
+    first_moment: Tensor
+    step: int
 
 
-def check_hyperparameters(**values: Any) -> None:
-    """Refuse impossible hyperparameters, naming the value (the torch.optim habit)."""
+def check_hyperparameters(group: dict[str, Any]) -> None:
+    """Refuse impossible values of the knobs every optimizer shares, naming the knob (the
+    torch.optim habit); the parts check the rest when they are composed."""
     rules: dict[str, Callable[[Any], bool]] = {
         "lr": lambda v: v >= 0,
         "adam_lr_ratio": lambda v: v >= 0,
         "eps": lambda v: v >= 0,
         "weight_decay": lambda v: v >= 0,
+        "damping": lambda v: v >= 0,
         "momentum": lambda v: 0 <= v < 1,
         "refresh_every": lambda v: isinstance(v, int) and v >= 1,
         "statistics_every": lambda v: isinstance(v, int) and v >= 1,
-        "precondition_dtype": lambda v: v is None or v in COMPUTE_DTYPES,
-        "ns_dtype": lambda v: v is None or v in COMPUTE_DTYPES,
     }
-    for name, value in values.items():
+    for name, value in group.items():
         if name == "betas":
             if not (len(value) == 2 and all(0.0 <= b < 1.0 for b in value)):
                 raise ValueError(f"Invalid betas: {value!r} (each must be in [0, 1))")
@@ -172,77 +124,128 @@ def check_hyperparameters(**values: Any) -> None:
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):
-    """Base class: the torch.optim contract around :mod:`layerwise.optim.kronecker`.
+    """The torch.optim shell around :class:`~layerwise.optim.parts.Parts` (module docstring).
 
-    Subclasses provide :meth:`kronecker_config` (the per-layer parts for a group) and may
-    override :meth:`blocks`, :meth:`accumulate_statistics` and :meth:`postprocess`.
+    ``model``: needed when the statistics are layer factors captured by hooks (KFAC).
     """
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
-        check_hyperparameters(**{k: v for k, v in defaults.items() if k in _CHECKED_DEFAULTS})
+    #: Knobs set by the mode when left as ``None`` (see :class:`ModeDefault`).
+    MODE: ClassVar[dict[str, ModeDefault]] = {}
+    #: Group knobs renamed since earlier versions (old -> new); checkpoints are migrated.
+    RENAMED_KNOBS: ClassVar[dict[str, str]] = {}
+    #: Precision knobs (:func:`~layerwise.optim.kronecker.precision`): ``"auto"`` is the fast
+    #: path in the amortized mode and full precision (``None``) in the exact mode, which
+    #: refuses a lower one.
+    PRECISION_KNOBS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self, params: Iterable[Any], defaults: dict[str, Any], *, model: nn.Module | None = None
+    ) -> None:
+        self._parts_cache: dict[int, tuple[dict[str, Any], Parts]] = {}
+        self._source: GradientSource = GradientSource()
+        #: Per param-group index, the factor by which the last step's Kronecker directions
+        #: were scaled by clipping (groups without clipping are absent).
+        self.last_update_scales: dict[int, float] = {}
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            check_hyperparameters(**{k: v for k, v in group.items() if k in _CHECKED_DEFAULTS})
+        factors = {
+            self.parts(g).statistics
+            for g in self.param_groups
+            if isinstance(self.parts(g).statistics, LayerFactors)
+        }
+        if len(factors) > 1:
+            raise ValueError(
+                f"{type(self).__name__}: the layer factors (loss, curvature, mc_samples, "
+                "statistics_batch, seed) are per model, not per param group"
+            )
+        if factors:
+            if model is None:
+                raise ValueError("layer-factor statistics need the model (model=...)")
+            self._source = LayerFactorSource(
+                model, factors.pop(), parts_of=self.parts, state_of=lambda p: self.state.get(p)
+            )
+        self._source.index(self.param_groups)
 
-    # -- hooks for subclasses --------------------------------------------------------------
-    #: Whether the first moment of Kronecker blocks is divided by 1 - beta1^t (Adam-style).
-    #: Muon's direction is scale-free after orthogonalization, and torch's Muon does not.
-    first_moment_bias_correction: bool = True
-
-    def first_moment_beta(self, group: dict[str, Any]) -> float:
-        """beta1 of the first moment fed to the preconditioner (Adam-path blocks always use
-        ``group["betas"][0]``)."""
-        return group["betas"][0]
-
-    def heavy_ball(self, group: dict[str, Any]) -> float:
-        """Momentum applied to the preconditioned direction (0: none)."""
-        return group.get("momentum", 0.0)
-
-    def kronecker_config(self, group: dict[str, Any]) -> KroneckerConfig:
+    @staticmethod
+    def compose(group: dict[str, Any]) -> Parts:
+        """The parts of a param group from its knobs (what a named optimizer chooses)."""
         raise NotImplementedError
 
-    def blocks(self, group: dict[str, Any]) -> list[Block]:
-        """One block per parameter with a gradient: matrices (after the >2-D reshape rule) go
-        to the Kronecker path, everything else to the Adam path."""
-        return [Block((p,), kronecker=p.ndim >= 2) for p in group["params"] if p.grad is not None]
+    # -- param groups and their composition ------------------------------------------------
+    def parts(self, group: dict[str, Any]) -> Parts:
+        """The cached composition of ``group``, rebuilt (and checked) when a knob changed."""
+        knobs = {k: v for k, v in group.items() if k not in LIVE_KNOBS}
+        cached = self._parts_cache.get(id(group))
+        if cached is not None and cached[0] == knobs:
+            return cached[1]
+        check_hyperparameters(group)
+        parts = self.compose(group)
+        self._parts_cache[id(group)] = (knobs, parts)
+        return parts
 
-    def accumulate_statistics(
-        self,
-        group: dict[str, Any],
-        block: Block,
-        config: KroneckerConfig,
-        grad: Tensor,
-        state: dict[str, Any],
-    ) -> None:
-        """Update ``block``'s statistics; default: Shampoo's gradient products, each fused
-        with its accumulation."""
-        kronecker.accumulate_gradient_statistics(config, state, grad)
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.add_param_group``; the group's mode is resolved and its
+        composition checked at once (a bad knob leaves the optimizer unchanged)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._resolve_mode(group)
+            self.parts(group)
+            if hasattr(self, "_source"):  # not during torch.optim.Optimizer.__init__
+                self._source.index(self.param_groups)
+        except (ValueError, TypeError):
+            self.param_groups.pop()
+            raise
 
-    def postprocess(
-        self,
-        group: dict[str, Any],
-        state: dict[str, Any],
-        direction: Tensor,
-        first_moment: Tensor,
-        grad: Tensor,
-    ) -> Direction:
-        """Adjust the preconditioned direction (grafting, scaling), preferably through the
-        factor of the returned :class:`Direction`; default: unchanged."""
-        return Direction(direction)
+    def _resolve_mode(self, group: dict[str, Any]) -> None:
+        exact = bool(group.get("exact", False))
+        for knob, default in self.MODE.items():
+            value = group.get(knob)
+            wanted = default.exact if exact else default.amortized
+            if callable(wanted):
+                wanted = wanted(group)
+            if exact and default.required and value is not None and value != wanted:
+                raise ValueError(f"exact=True requires {knob}={wanted!r}; got {knob}={value!r}")
+            if value is None:
+                group[knob] = wanted
+        for knob in self.PRECISION_KNOBS:
+            value = group.get(knob)
+            if exact and value not in (AUTO, None):
+                raise ValueError(f"exact=True requires {knob}=None; got {knob}={value!r}")
+            if exact:
+                group[knob] = None
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(self._source.state_dict())
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As ``torch.optim.Optimizer.load_state_dict``; knobs added to the optimizer after the
-        checkpoint was written take their defaults, so old checkpoints keep loading."""
+        """As ``torch.optim.Optimizer.load_state_dict``. Checkpoints of earlier versions keep
+        loading: knobs added since take their defaults, renamed knobs and state keys are
+        migrated, enum values are stored as plain strings."""
+        state_dict = dict(state_dict)
+        extra = {k: state_dict.pop(k) for k in list(state_dict) if k not in _TORCH_ENTRIES}
         super().load_state_dict(state_dict)
         for group in self.param_groups:
+            for old, new in self.RENAMED_KNOBS.items():
+                if old in group:
+                    group.setdefault(new, group.pop(old))
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-
-    def update_scales(self, updates: list[Update]) -> list[float]:
-        """For all ``(group, block, direction)`` of the step, a factor on each one's step size
-        (folded into the parameter update: no pass over the direction). The place for rules
-        that couple layers (KFAC's KL clipping); default: all 1."""
-        return [1.0] * len(updates)
+            for key, value in group.items():
+                if isinstance(value, enum.Enum):
+                    group[key] = value.value
+            self._resolve_mode(group)
+        for state in self.state.values():
+            for old, new in RENAMED_STATE_KEYS.items():
+                if old in state:
+                    state[new] = state.pop(old)
+        self._parts_cache.clear()
+        for group in self.param_groups:
+            self.parts(group)
+        self._source.index(self.param_groups)
+        self._source.load_state_dict(extra)
 
     # -- the step --------------------------------------------------------------------------
     @torch.no_grad()
@@ -251,199 +254,226 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = [(group, self.blocks(group)) for group in self.param_groups]
-        grads = [p.grad for _, blocks in work for b in blocks for p in b.params]
+        try:
+            self._step()
+        finally:
+            self._source.step_done()
+        return loss
+
+    def _step(self) -> None:
+        work = [(g, self.parts(g), self._source.blocks(g)) for g in self.param_groups]
+        grads = [p.grad for _, _, blocks in work for b in blocks for p in b.params]
         if not grads:
-            return loss
+            return
         if not matrix.all_finite(grads):
             self._skip(work, "non-finite gradient")
-            return loss
-
+            return
         updates: list[Update] = []
-        for group, blocks in work:
-            config = self.kronecker_config(group) if any(b.kronecker for b in blocks) else None
-            if config is not None and kronecker.applies_batched(config):
-                updates += self._batched_directions(group, blocks, config)
-                continue
-            for block in blocks:
-                updates.append(Update(group, block, self._direction(group, block, config)))
-        scales = self.update_scales(updates)
+        for group, parts, blocks in work:
+            updates += self._directions(group, parts, blocks)
+        scales = self._clip_scales(work, updates)
         checked = [u.direction.tensor for u in updates]
         checked += [u.direction.factor for u in updates if isinstance(u.direction.factor, Tensor)]
         if not matrix.all_finite(checked):
             self._skip(work, "non-finite update")
-            return loss
+            return
+        parts_of = {id(group): parts for group, parts, _ in work}
         for (group, block, (tensor, factor)), scale in zip(updates, scales, strict=True):
-            lr = group["lr"] if block.kronecker else group["lr"] * group.get("adam_lr_ratio", 1.0)
+            parts = parts_of[id(group)]
+            lr = group["lr"] if block.kronecker else group["lr"] * parts.adam.lr_ratio
             for param, piece in zip(block.params, block.split(tensor), strict=True):
-                if group["weight_decay"]:
-                    param.mul_(1.0 - lr * group["weight_decay"])
+                if parts.weight_decay:
+                    param.mul_(1.0 - lr * parts.weight_decay)
                 if isinstance(factor, Tensor):
                     param.addcmul_(piece, factor, value=-lr * scale)
                 else:
                     param.add_(piece, alpha=-lr * scale * factor)
-        return loss
 
-    def _direction(
-        self, group: dict[str, Any], block: Block, config: KroneckerConfig | None
-    ) -> Direction:
-        prepared = self._prepare_direction(group, block, config)
-        if isinstance(prepared, Direction):  # the Adam path is done
-            return prepared
-        assert config is not None
-        with _phase(PROFILE_APPLY):
-            applied = kronecker.apply(
-                config,
-                prepared.state,
-                prepared.first_moment,
-                grad=prepared.grad,
-                step=prepared.step,
-            )
-        return self._finish_direction(group, prepared, applied)
-
-    def _batched_directions(
-        self, group: dict[str, Any], blocks: list[Block], config: KroneckerConfig
-    ) -> list[Update]:
-        """As :meth:`_direction` for every block, with the (stateless) application of all
-        Kronecker blocks in one :func:`~layerwise.optim.kronecker.apply_batched` call, which
-        runs same-shape matrices as one batched product (Muon's Newton–Schulz)."""
-        prepared = [self._prepare_direction(group, block, config) for block in blocks]
-        pending = [p for p in prepared if isinstance(p, _Prepared)]
-        with _phase(PROFILE_APPLY):
-            applied = iter(kronecker.apply_batched(config, [p.first_moment for p in pending]))
+    def _directions(self, group: dict[str, Any], parts: Parts, blocks: list[Block]) -> list[Update]:
+        """The blocks' directions. A transform that batches (Newton–Schulz) applies all of the
+        group's blocks in one call; the others block by block, so that only one block's
+        intermediate tensors are alive at a time."""
+        transform = parts.transform
+        if not transform.batches:
+            updates = []
+            for block in blocks:
+                prepared = self._prepare(parts, block)
+                if isinstance(prepared, _Prepared):
+                    with _phase(PROFILE_APPLY):
+                        applied = transform.apply(
+                            prepared.state,
+                            prepared.first_moment,
+                            grad=prepared.grad,
+                            step=prepared.step,
+                        )
+                    prepared = self._finish(parts, prepared, applied)
+                updates.append(Update(group, block, prepared))
+            return updates
+        prepared_blocks = [self._prepare(parts, block) for block in blocks]
+        pending = [p for p in prepared_blocks if isinstance(p, _Prepared)]
+        applied_blocks: Iterable[Tensor] = ()
+        if pending:
+            with _phase(PROFILE_APPLY):
+                applied_blocks = transform.apply_batched(
+                    [p.state for p in pending],
+                    [p.first_moment for p in pending],
+                    [p.grad for p in pending],
+                    [p.step for p in pending],
+                )
+        applied = iter(applied_blocks)
         return [
             Update(
                 group,
                 block,
-                self._finish_direction(group, p, next(applied)) if isinstance(p, _Prepared) else p,
+                self._finish(parts, p, next(applied)) if isinstance(p, _Prepared) else p,
             )
-            for block, p in zip(blocks, prepared, strict=True)
+            for block, p in zip(blocks, prepared_blocks, strict=True)
         ]
 
-    def _prepare_direction(
-        self, group: dict[str, Any], block: Block, config: KroneckerConfig | None
-    ) -> Direction | _Prepared:
+    def _prepare(self, parts: Parts, block: Block) -> Direction | _Prepared:
         """Everything of a block's step before the application: state, first moment,
         statistics and refresh. Returns the final direction for Adam-path blocks."""
         state = self.state[block.key]
         grad = block.matrix([p.grad for p in block.params])
         if not state:
-            self._init_state(state, block, config, grad)
+            self._init_state(parts, state, block, grad)
         state[STEP] += 1
         step = state[STEP]
-        beta1, beta2 = group["betas"]
-        momentum = self.heavy_ball(group)
-        if block.kronecker:
-            beta1 = self.first_moment_beta(group)
-        # Nesterov acts on the outer (heavy-ball) momentum when there is one, else on the first
-        # moment (Muon's form).
-        nesterov = group.get("nesterov", False)
-        first_moment = self._first_moment(
-            state,
-            grad,
-            beta1,
-            step,
-            kronecker=block.kronecker,
-            nesterov=nesterov and block.kronecker and not momentum,
-        )
-
         if not block.kronecker:
-            return adam_direction(state, first_moment, grad, beta2, group["eps"], step)
-        assert config is not None
-        if config.uses_statistics and (step - 1) % group["statistics_every"] == 0:
+            return parts.adam.direction(state, grad, step)
+        first_moment = parts.first_moment.direction(state, grad, step)
+        transform = parts.transform
+        if transform.uses_statistics and (step - 1) % parts.statistics_every == 0:
             with _phase(PROFILE_STATISTICS):
-                self.accumulate_statistics(group, block, config, grad, state)
-        if config.uses_statistics and (step - 1) % group["refresh_every"] == 0:
+                layout = parts.layout(tuple(grad.shape), scalar_sides=self._source.scalar_sides)
+                self._source.accumulate(
+                    block, state, grad, layout, parts.accumulation, parts.statistics_decay
+                )
+                state[STATISTICS_UPDATES] = state.get(STATISTICS_UPDATES, 0) + 1
+        if transform.uses_statistics and (step - 1) % parts.refresh_every == 0:
             with _phase(PROFILE_REFRESH):
-                self.refresh(group, block, config, state)
-        return _Prepared(state, grad, first_moment, step, momentum, nesterov)
+                correction = parts.correction(state.get(STATISTICS_UPDATES, 0))
+                parts.failures.refresh(transform, state, correction=correction)
+        return _Prepared(state, grad, first_moment, step)
 
-    def _finish_direction(
-        self, group: dict[str, Any], prepared: _Prepared, applied: Tensor
-    ) -> Direction:
-        """Post-processing (grafting, scaling) and heavy-ball momentum of a Kronecker block."""
-        state, momentum, nesterov = prepared.state, prepared.momentum, prepared.nesterov
+    def _finish(self, parts: Parts, prepared: _Prepared, applied: Tensor) -> Direction:
+        """Grafting or the shape scale, then heavy-ball momentum, of a Kronecker block."""
         with _phase(PROFILE_APPLY):
-            result = self.postprocess(group, state, applied, prepared.first_moment, prepared.grad)
-        if not momentum:
-            return result
-        direction = result.materialized()
-        buffer = state.get(MOMENTUM_BUFFER)
-        if buffer is None:
-            buffer = state[MOMENTUM_BUFFER] = torch.zeros_like(direction)
-        buffer.mul_(momentum).add_(direction)
-        # Directions are only read after this (the update), so the buffer itself can serve.
-        return Direction(direction + momentum * buffer if nesterov else buffer)
+            if parts.graft is not None:
+                result = parts.graft.direction(
+                    prepared.state, applied, prepared.first_moment, prepared.grad, prepared.step
+                )
+            else:
+                result = Direction(applied)
+            if parts.scale is not UpdateScale.NONE:
+                result = Direction(result.tensor, result.factor * parts.scale.factor(applied.shape))
+        return parts.heavy_ball.direction(prepared.state, result)
 
-    def refresh(
-        self, group: dict[str, Any], block: Block, config: KroneckerConfig, state: dict[str, Any]
-    ) -> None:
-        kronecker.refresh(config, state)
-
-    def _first_moment(
-        self,
-        state: dict[str, Any],
-        grad: Tensor,
-        beta1: float,
-        step: int,
-        *,
-        kronecker: bool,
-        nesterov: bool,
-    ) -> Tensor:
-        if beta1 == 0.0:
-            return grad
-        exp_avg: Tensor = state[EXP_AVG]
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        bias_correction = not kronecker or self.first_moment_bias_correction
-        if nesterov:
-            # β₁ M̂ + (1 − β₁) G as one lerp (torch.optim.Muon's form): no copy of M.
-            moment = exp_avg / (1.0 - beta1**step) if bias_correction else exp_avg
-            return torch.lerp(grad, moment, beta1)
-        return exp_avg / (1.0 - beta1**step) if bias_correction else exp_avg.clone()
-
-    def _init_state(
-        self,
-        state: dict[str, Any],
-        block: Block,
-        config: KroneckerConfig | None,
-        grad: Tensor,
-    ) -> None:
+    def _init_state(self, parts: Parts, state: dict[str, Any], block: Block, grad: Tensor) -> None:
         state[STEP] = 0
         state[SKIPPED_STEPS] = 0
         state[EXP_AVG] = torch.zeros_like(grad)
-        if block.kronecker and config is not None:
-            state.update(kronecker.init_state(config, tuple(grad.shape), grad))
+        if not block.kronecker:
+            return
+        shape = (grad.shape[0], grad.shape[1])
+        layout = parts.layout(shape, scalar_sides=self._source.scalar_sides)
+        state[FAILED_REFRESHES] = 0
+        state[CONSECUTIVE_FAILURES] = 0
+        if parts.transform.uses_statistics:
+            like = grad.new_empty((), dtype=statistics_dtype(grad.dtype))
+            state.update(init_statistics(layout, shape, like))
+            state[STATISTICS_UPDATES] = 0
+        state.update(parts.transform.init(layout, shape, grad))
 
-    def _skip(self, work: list[tuple[dict[str, Any], list[Block]]], reason: str) -> None:
+    def _clip_scales(
+        self, work: list[tuple[dict[str, Any], Parts, list[Block]]], updates: list[Update]
+    ) -> list[float]:
+        """Per update, the clipping factor of its group (1 for the Adam path and groups without
+        clipping); recorded in :attr:`last_update_scales` by group index."""
+        scales: dict[int, float] = {}
+        for index, (group, parts, _) in enumerate(work):
+            if parts.clipping is None or not parts.clipping.active:
+                continue
+            mine = [(b, d) for g, b, d in updates if g is group and b.kronecker]
+            if not mine:
+                continue
+            scales[index] = parts.clipping.scale(
+                group["lr"],
+                [(b.split(d.tensor), [p.grad for p in b.params], d) for b, d in mine],
+            )
+        self.last_update_scales = scales
+        by_group = {id(group): i for i, (group, _, _) in enumerate(work)}
+        return [scales.get(by_group[id(g)], 1.0) if b.kronecker else 1.0 for g, b, _ in updates]
+
+    def _skip(self, work: list[tuple[dict[str, Any], Parts, list[Block]]], reason: str) -> None:
         warnings.warn(
-            f"{type(self).__name__}: step skipped ({reason})", RuntimeWarning, stacklevel=3
+            f"{type(self).__name__}: step skipped ({reason})", RuntimeWarning, stacklevel=4
         )
-        for _, blocks in work:
+        for _, _, blocks in work:
             for block in blocks:
                 state = self.state[block.key]
                 state[SKIPPED_STEPS] = state.get(SKIPPED_STEPS, 0) + 1
 
     def failure_counts(self) -> dict[str, int]:
         """Totals over all blocks: failed preconditioner refreshes and skipped steps."""
-        totals = {kronecker.FAILED_REFRESHES: 0, SKIPPED_STEPS: 0}
+        totals = {FAILED_REFRESHES: 0, SKIPPED_STEPS: 0}
         for state in self.state.values():
             for key in totals:
                 totals[key] += int(state.get(key, 0))
         return totals
 
+    def remove_hooks(self) -> None:
+        """Remove the module hooks of layer-factor statistics (KFAC; the optimizer cannot take
+        preconditioned steps afterwards). Nothing to do for other statistics."""
+        if isinstance(self._source, LayerFactorSource):
+            self._source.remove_hooks()
 
-_CHECKED_DEFAULTS = (
-    "lr",
-    "adam_lr_ratio",
-    "eps",
-    "weight_decay",
-    "momentum",
-    "betas",
-    "refresh_every",
-    "statistics_every",
-    "precondition_dtype",
-    "ns_dtype",
-)
+
+_TORCH_ENTRIES = ("state", "param_groups")
+
+
+class Layerwise(LayerwiseOptimizer):
+    r"""A layer-wise optimizer composed from parts, no subclass needed.
+
+    Args:
+        params: parameters or param groups; a group may carry its own ``parts``.
+        parts: the composition (:class:`~layerwise.optim.parts.Parts`).
+        lr: learning rate :math:`\eta` (the Adam path runs at ``lr * parts.adam.lr_ratio``).
+        model: the model, when the statistics are layer factors (its hooks are registered).
+
+    The parts are stored in each param group as plain data (``Parts.to_dict()``), so
+    checkpoints load with ``torch.load(..., weights_only=True)``.
+
+    Example (KFAC's factors with an inverse 4th root):
+        >>> from layerwise.optim import InverseRoot, LayerFactors, Parts
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(8, 3))
+        >>> parts = Parts(statistics=LayerFactors(loss="cross_entropy"),
+        ...               transform=InverseRoot(root=4, damping=1e-3), bias_correction=True,
+        ...               first_moment=FirstMoment(beta=0.0), refresh_every=10)
+        >>> opt = Layerwise(model.parameters(), parts, lr=0.05, model=model)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        parts: Parts,
+        lr: float = 1e-3,
+        *,
+        model: nn.Module | None = None,
+    ) -> None:
+        if not isinstance(parts, Parts):
+            raise TypeError(f"parts must be a Parts, got {type(parts).__name__}")
+        super().__init__(params, dict(lr=lr, parts=parts.to_dict()), model=model)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group.get("parts"), Parts):
+            param_group = {**param_group, "parts": param_group["parts"].to_dict()}
+        super().add_param_group(param_group)
+
+    @staticmethod
+    def compose(group: dict[str, Any]) -> Parts:
+        return Parts.from_dict(group["parts"])
 
 
 def _phase(name: str) -> contextlib.AbstractContextManager[Any]:

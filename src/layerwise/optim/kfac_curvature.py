@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from layerwise.optim.kronecker import Side, SideLayout
+
 
 class Curvature(enum.StrEnum):
     """Source of the output-gradient factor B (module docstring)."""
@@ -65,15 +67,7 @@ class Loss(enum.StrEnum):
     CROSS_ENTROPY = "cross_entropy"
 
 
-class FactorKind(enum.StrEnum):
-    """How a factor is stored: a dense matrix, its diagonal, or a scalar (a side of size 1)."""
-
-    DENSE = "dense"
-    DIAGONAL = "diagonal"
-    SCALAR = "scalar"
-
-
-def second_moment(rows: Tensor, kind: FactorKind, scale: float) -> Tensor:
+def second_moment(rows: Tensor, kind: Side, scale: float) -> Tensor:
     r"""``scale`` x :math:`\sum_r x_r x_r^\top` for the rows :math:`x_r` of ``rows`` (R, d),
     as a (d, d) matrix, its diagonal (d,) or (d = 1) a 0-D scalar.
 
@@ -85,11 +79,11 @@ def second_moment(rows: Tensor, kind: FactorKind, scale: float) -> Tensor:
     rows, exponent = _unit_rows(rows)
     scale_back = torch.exp2(2 * exponent) * scale
     match kind:
-        case FactorKind.DENSE:
+        case Side.DENSE:
             return (rows.mT @ rows).mul_(scale_back)
-        case FactorKind.DIAGONAL:
+        case Side.DIAGONAL:
             return rows.square().sum(dim=0).mul_(scale_back)
-        case FactorKind.SCALAR:
+        case Side.SCALAR:
             return rows.square().sum().mul_(scale_back)
         case other:
             raise ValueError(f"unknown factor kind {other!r}")
@@ -116,7 +110,7 @@ class RowProducts:
     :func:`second_moment` is the increment itself)."""
 
     rows: Tensor
-    kind: FactorKind
+    kind: Side
     scale: float
 
 
@@ -129,11 +123,11 @@ def accumulate_row_products(
     materialized and no extra pass is made over S. One synchronization (the exponent)."""
     rows, exponent = _unit_rows(increment.rows)
     weight = alpha * increment.scale * 2.0 ** (2 * int(exponent))
-    if increment.kind is FactorKind.DENSE:
+    if increment.kind is Side.DENSE:
         statistic.addmm_(rows.mT, rows, beta=beta, alpha=weight)
         return
     summed = (
-        rows.square().sum(dim=0) if increment.kind is FactorKind.DIAGONAL else rows.square().sum()
+        rows.square().sum(dim=0) if increment.kind is Side.DIAGONAL else rows.square().sum()
     )
     if beta == 0.0:  # as addmm: the old value is ignored, not multiplied (it may be non-finite)
         statistic.copy_(summed.mul_(weight))
@@ -253,8 +247,9 @@ def _stacked(rows: list[Tensor]) -> Tensor:
     return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
-#: For a layer: which factors the coming step needs, (output side, input side); None: not needed.
-FactorNeeds = tuple[FactorKind | None, FactorKind | None]
+#: For a layer: which factors the coming step needs, (output side, input side); ``Side.NONE``:
+#: not needed.
+FactorNeeds = SideLayout
 
 
 @dataclass
@@ -339,12 +334,12 @@ class CurvatureCapture:
             )
         output_kind, input_kind = kinds
         increments: list[Tensor | RowProducts | None] = [None, None]
-        if input_kind is not None:
+        if input_kind is not Side.NONE:
             rows = _stacked([input_rows(layer, self._sampled(layer, a)) for a in capture.inputs])
             if bias:
                 rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
             increments[1] = RowProducts(rows, input_kind, 1.0 / rows.shape[0])
-        if output_kind is None:
+        if output_kind is Side.NONE:
             return increments
         if self.curvature is Curvature.EMPIRICAL:
             if not capture.output_grads or self.batch_size is None:
@@ -393,13 +388,13 @@ class CurvatureCapture:
         capture = self._captures.get(layer)
         if capture is None:
             kinds = self._needs(layer)
-            if kinds == (None, None):
+            if kinds == (Side.NONE, Side.NONE):
                 return
             capture = self._captures[layer] = LayerCapture(layer, kinds)
         output_kind, input_kind = capture.kinds
-        if input_kind is not None:
+        if input_kind is not Side.NONE:
             capture.inputs.append(args[0].detach())
-        if output_kind is None:
+        if output_kind is Side.NONE:
             return
         if self.curvature is Curvature.EMPIRICAL:
             output.register_hook(lambda grad, capture=capture: self._on_output_grad(capture, grad))
@@ -471,7 +466,6 @@ class CurvatureCapture:
                 if not rows:
                     continue
                 kind = capture.kinds[0]
-                assert kind is not None
                 increment = second_moment(_stacked(rows), kind, scale)
                 if capture.output_factor is None:
                     capture.output_factor = increment

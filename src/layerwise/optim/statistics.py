@@ -1,0 +1,307 @@
+r"""Where a block's statistics come from: gradient products, or layer factors from hooks.
+
+- :class:`GradientProducts` (Shampoo, SOAP): :math:`L \mathrel{+}= G G^\top`,
+  :math:`R \mathrel{+}= G^\top G` of the block's gradient :math:`G`, each product fused with
+  its accumulation. Every parameter with two or more dimensions is a block (viewed as
+  ``(shape[0], prod(shape[1:]))``).
+- :class:`LayerFactors` (KFAC, EKFAC): the output-gradient factor :math:`B` and the input
+  factor :math:`A` of each ``nn.Linear`` / ``nn.Conv2d`` layer, captured by module hooks
+  (:mod:`layerwise.optim.kfac_curvature`). A layer's weight and bias form one block
+  :math:`[W \mid b]`; the other parameters take the Adam path.
+
+A statistics part is a frozen config; the optimizer turns it into a *source*
+(:class:`GradientSource`, :class:`LayerFactorSource`) that forms the blocks of a param group
+and folds the increments of a statistics step into the block's state. Transforms without
+statistics (Muon) use the gradient source's blocks and no increments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from layerwise.optim.kfac_curvature import (
+    Curvature,
+    CurvatureCapture,
+    Layer,
+    Loss,
+    RowProducts,
+    accumulate_row_products,
+    input_width,
+    output_width,
+    supports,
+)
+from layerwise.optim.kronecker import (
+    STATISTIC_KEYS,
+    STEP,
+    Accumulation,
+    Side,
+    SideLayout,
+    accumulate_increment,
+    accumulation_weights,
+)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Parameters preconditioned together as one ``(m, n)`` matrix (state lives on the first).
+
+    ``kronecker=False`` sends the block down the Adam path (each tensor entry-wise).
+    """
+
+    params: tuple[nn.Parameter, ...]
+    kronecker: bool
+
+    @property
+    def key(self) -> nn.Parameter:
+        return self.params[0]
+
+    def matrix(self, tensors: Sequence[Tensor]) -> Tensor:
+        """View (and for a weight + bias pair, concatenate) the block's tensors as a matrix."""
+        if not self.kronecker:
+            return tensors[0]
+        first = tensors[0].reshape(tensors[0].shape[0], -1)
+        if len(tensors) == 1:
+            return first
+        return torch.cat([first, *(t.reshape(first.shape[0], -1) for t in tensors[1:])], dim=1)
+
+    def split(self, matrix: Tensor) -> list[Tensor]:
+        """Inverse of :meth:`matrix`: the block's tensors from a matrix of its shape."""
+        if len(self.params) == 1:
+            return [matrix.reshape(self.params[0].shape)]
+        widths = [p.numel() // p.shape[0] for p in self.params]
+        pieces = torch.split(matrix, widths, dim=1)
+        return [piece.reshape(p.shape) for piece, p in zip(pieces, self.params, strict=True)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradientProducts:
+    """Shampoo's statistics, :math:`GG^\\top` and :math:`G^\\top G` (module docstring)."""
+
+    #: A size-1 side of a gradient product only repeats the other side's trace.
+    scalar_sides: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerFactors:
+    r"""KFAC's statistics: Kronecker factors of each layer, captured by hooks.
+
+    ``curvature``: where the output-gradient factor comes from — ``"empirical"`` (the
+    gradients of the training loss; no extra pass), ``"mc_fisher"`` (``mc_samples`` backward
+    passes with targets sampled from the model) or ``"ggn"`` (the exact Gauss–Newton factor;
+    one backward pass per model output). ``loss``: the training loss, mean-reduced
+    (``"mse"`` or ``"cross_entropy"``). ``statistics_batch``: factors from the first this-many
+    samples of each batch (``None``: all). ``seed``: of the ``mc_fisher`` sampler. See
+    :mod:`layerwise.optim.kfac_curvature` for the definitions.
+    """
+
+    #: A layer with one output (or one input and no bias) has a scalar factor that matters.
+    scalar_sides: ClassVar[bool] = True
+
+    loss: Loss
+    curvature: Curvature = Curvature.EMPIRICAL
+    mc_samples: int = 1
+    statistics_batch: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loss", Loss(self.loss))
+        object.__setattr__(self, "curvature", Curvature(self.curvature))
+        if not (isinstance(self.mc_samples, int) and self.mc_samples >= 1):
+            raise ValueError(f"Invalid mc_samples: {self.mc_samples!r}")
+        batch = self.statistics_batch
+        if batch is not None and not (isinstance(batch, int) and batch >= 1):
+            raise ValueError(f"Invalid statistics_batch: {batch!r}")
+
+
+Statistics = GradientProducts | LayerFactors
+
+#: ``(param group) -> (parts)``: how a source reads a group's composition.
+PartsOf = Callable[[dict[str, Any]], Any]
+
+
+class GradientSource:
+    """Blocks of every matrix parameter; statistics from the block's gradient."""
+
+    scalar_sides: ClassVar[bool] = GradientProducts.scalar_sides
+
+    def blocks(self, group: dict[str, Any]) -> list[Block]:
+        """One block per parameter with a gradient: matrices (after the >2-D view) go to the
+        Kronecker path, everything else to the Adam path."""
+        return [Block((p,), kronecker=p.ndim >= 2) for p in group["params"] if p.grad is not None]
+
+    def accumulate(
+        self,
+        block: Block,
+        state: dict[str, Any],
+        grad: Tensor,
+        layout: SideLayout,
+        accumulation: Accumulation,
+        decay: float,
+    ) -> None:
+        r"""Fold :math:`G G^\top` and :math:`G^\top G` (their diagonals for diagonal sides) into
+        the statistics. A dense side is one fused product, :math:`S \leftarrow \beta S + (1 -
+        \beta)\, G G^\top` as a single in-place ``addmm`` (BLAS's own :math:`\beta C + \alpha
+        AB`): no increment is materialized and no extra pass is made over :math:`S`."""
+        beta, alpha = accumulation_weights(accumulation, decay)
+        for side, (key, kind) in enumerate(zip(STATISTIC_KEYS, layout, strict=True)):
+            if kind is Side.NONE:
+                continue
+            statistic = state[key]
+            g = grad if grad.dtype == statistic.dtype else grad.to(statistic.dtype)
+            if kind is Side.DENSE:
+                first, second = (g, g.mT) if side == 0 else (g.mT, g)
+                statistic.addmm_(first, second, beta=beta, alpha=alpha)
+            else:
+                accumulate_increment(accumulation, decay, statistic, g.square().sum(dim=1 - side))
+
+    def step_done(self) -> None:
+        """Nothing is kept between steps."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+    def index(self, param_groups: list[dict[str, Any]]) -> None:
+        """Nothing depends on the groups."""
+
+
+#: ``state_dict()`` entry holding the ``mc_fisher`` sampler's generator state.
+GENERATOR_STATE = "kfac_generator_state"
+
+
+class LayerFactorSource(GradientSource):
+    """KFAC's source: hooks on the model's layers (:class:`CurvatureCapture`), blocks of weight
+    and bias, factor increments from what the hooks captured.
+
+    ``parts_of(group)`` gives the composition of a param group and ``state_of(param)`` the
+    optimizer state of a block: at each forward pass the hooks ask which factors the coming
+    step needs (none off statistics steps).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        factors: LayerFactors,
+        *,
+        parts_of: PartsOf,
+        state_of: Callable[[nn.Parameter], dict[str, Any]],
+    ) -> None:
+        self.factors = factors
+        self._parts_of = parts_of
+        self._state_of = state_of
+        self.layers = [m for m in model.modules() if supports(m) and m.weight.requires_grad]
+        self._layer_of: dict[nn.Parameter, Layer] = {}
+        for layer in self.layers:
+            if layer.weight in self._layer_of:
+                raise ValueError("KFAC: a weight shared between layers is not supported")
+            self._layer_of[layer.weight] = layer
+        self._groups: list[dict[str, Any]] = []
+        self._group_index: dict[nn.Parameter, int] = {}
+        device = next(iter(model.parameters())).device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(factors.seed)
+        self.capture = CurvatureCapture(
+            model,
+            self.layers,
+            curvature=factors.curvature,
+            loss=factors.loss,
+            mc_samples=factors.mc_samples,
+            statistics_batch=factors.statistics_batch,
+            generator=self.generator,
+            needs=self._needs,
+        )
+
+    # -- groups and blocks -----------------------------------------------------------------
+    def index(self, param_groups: list[dict[str, Any]]) -> None:
+        """Map parameters to their groups; a layer's weight and bias must share one."""
+        self._groups = param_groups
+        self._group_index = {p: i for i, g in enumerate(param_groups) for p in g["params"]}
+        for layer in self.layers:
+            bias = layer.bias
+            if bias is not None and bias.requires_grad:
+                if self._group_index.get(layer.weight) != self._group_index.get(bias):
+                    raise ValueError(
+                        f"KFAC: weight and bias of {layer} must be in the same param group"
+                    )
+
+    @staticmethod
+    def folds_bias(layer: Layer) -> bool:
+        return layer.bias is not None and layer.bias.requires_grad
+
+    def block_shape(self, layer: Layer) -> tuple[int, int]:
+        return output_width(layer), input_width(layer) + int(self.folds_bias(layer))
+
+    def blocks(self, group: dict[str, Any]) -> list[Block]:
+        blocks: list[Block] = []
+        folded: set[nn.Parameter] = set()
+        for p in group["params"]:
+            layer = self._layer_of.get(p)
+            if layer is None or p.grad is None:
+                continue
+            params: tuple[nn.Parameter, ...] = (p,)
+            if self.folds_bias(layer):
+                assert layer.bias is not None
+                if layer.bias.grad is None:
+                    raise RuntimeError(f"KFAC: {layer} has a weight gradient but no bias gradient")
+                params = (p, layer.bias)
+                folded.add(layer.bias)
+            blocks.append(Block(params, kronecker=True))
+        for p in group["params"]:
+            if p.grad is not None and p not in self._layer_of and p not in folded:
+                blocks.append(Block((p,), kronecker=False))
+        return blocks
+
+    def _needs(self, layer: Layer) -> SideLayout:
+        """Asked by the hooks at each forward pass: the factors the next step will use."""
+        index = self._group_index.get(layer.weight)
+        if index is None:
+            return Side.NONE, Side.NONE
+        parts = self._parts_of(self._groups[index])
+        state = self._state_of(layer.weight)
+        steps_done = state.get(STEP, 0) if state else 0
+        if steps_done % parts.statistics_every != 0:
+            return Side.NONE, Side.NONE
+        return parts.layout(self.block_shape(layer), scalar_sides=True)
+
+    # -- statistics ------------------------------------------------------------------------
+    def accumulate(
+        self,
+        block: Block,
+        state: dict[str, Any],
+        grad: Tensor,
+        layout: SideLayout,
+        accumulation: Accumulation,
+        decay: float,
+    ) -> None:
+        layer = self._layer_of[block.key]
+        increments = self.capture.factor_increments(layer, layout, bias=self.folds_bias(layer))
+        beta, alpha = accumulation_weights(accumulation, decay)
+        for key, kind, increment in zip(STATISTIC_KEYS, layout, increments, strict=True):
+            if kind is Side.NONE or increment is None:
+                continue
+            if isinstance(increment, RowProducts):
+                accumulate_row_products(state[key], increment, beta=beta, alpha=alpha)
+            else:
+                accumulate_increment(accumulation, decay, state[key], increment)
+
+    def step_done(self) -> None:
+        # Captures belong to one step; nothing of them is needed afterwards (checkpoints).
+        self.capture.clear()
+
+    def remove_hooks(self) -> None:
+        self.capture.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {GENERATOR_STATE: self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        generator_state = state.get(GENERATOR_STATE)
+        if generator_state is not None:
+            self.generator.set_state(generator_state)
