@@ -10,8 +10,8 @@ import torch
 from optim_cases import assert_same_parameters, make_mlp, regression_batches, train
 from torch import nn
 
-from layerwise.optim import SOAP, Muon, Shampoo, kronecker
-from layerwise.optim.base import SKIPPED_STEPS
+from layerwise.optim import SOAP, FailurePolicy, InverseRoot, Muon, Shampoo, kronecker
+from layerwise.optim.kronecker import SKIPPED_STEPS
 
 # Cases as data: (id, factory). Refresh every 3 steps in amortized mode so a resume lands
 # between refreshes.
@@ -114,17 +114,19 @@ def test_failed_decomposition_keeps_previous_preconditioner_and_is_counted(name,
 
 
 def test_too_many_consecutive_failures_raise(monkeypatch):
-    config = kronecker.KroneckerConfig(
-        transform=kronecker.InverseRoot(), max_consecutive_failures=1
-    )
-    state = kronecker.init_state(config, (3, 3), torch.zeros(3, 3, dtype=torch.float64))
+    policy = FailurePolicy(max_consecutive_failures=1)
+    transform = InverseRoot(root=4)
+    like = torch.zeros(3, 3, dtype=torch.float64)
+    layout = (kronecker.Side.DENSE, kronecker.Side.DENSE)
+    state = {**kronecker.init_statistics(layout, (3, 3), like), **transform.init(layout, (3, 3), like)}
+    state.update({kronecker.FAILED_REFRESHES: 0, kronecker.CONSECUTIVE_FAILURES: 0})
     monkeypatch.setattr(
         torch.linalg, "eigh", lambda a: (_ for _ in ()).throw(torch.linalg.LinAlgError("x"))
     )
     with pytest.warns(RuntimeWarning):
-        assert kronecker.refresh(config, state) is False
+        assert policy.refresh(transform, state, correction=1.0) is False
     with pytest.raises(kronecker.DecompositionError, match="2 consecutive"):
-        kronecker.refresh(config, state)
+        policy.refresh(transform, state, correction=1.0)
 
 
 @CASES

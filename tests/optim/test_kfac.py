@@ -475,18 +475,19 @@ def test_second_moment_rescaling_is_exact_and_drops_only_negligible_entries():
     """Denormal guard of the statistics: power-of-two rescaling changes nothing (float64 and
     float32, bit for bit); entries below √tiny of the largest one are dropped, which moves the
     factor by far less than the format's resolution."""
-    from layerwise.optim.kfac_curvature import FactorKind, second_moment
+    from layerwise.optim.kfac_curvature import second_moment
+    from layerwise.optim.kronecker import Side
 
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(64, 8, generator=generator, dtype=torch.float64)
     tiny = rows * 2.0**-80
-    assert torch.equal(second_moment(tiny, FactorKind.DENSE, 3.0), (tiny.mT @ tiny) * 3.0)
+    assert torch.equal(second_moment(tiny, Side.DENSE, 3.0), (tiny.mT @ tiny) * 3.0)
     rows32 = (rows * 2.0**-50).float()
-    assert torch.equal(second_moment(rows32, FactorKind.DENSE, 1.0), rows32.mT @ rows32)
+    assert torch.equal(second_moment(rows32, Side.DENSE, 1.0), rows32.mT @ rows32)
     # A column 2^-70 below the rest: in float32 its products with itself are denormal.
     wide = rows32.clone()
     wide[:, 0] *= 2.0**-70
-    result = second_moment(wide, FactorKind.DENSE, 1.0)
+    result = second_moment(wide, Side.DENSE, 1.0)
     plain = wide.double().mT @ wide.double()
     assert result[0, 0] == 0.0 and result[0, 1] == 0.0  # the dropped column
     error = (result.double() - plain).abs().max() / plain.abs().max()
@@ -504,21 +505,21 @@ def test_fused_row_products_accumulate_like_the_explicit_increment(kind, weights
     float32 (the sums stay normal); with β = 0 a non-finite old value is ignored, as addmm
     does."""
     from layerwise.optim.kfac_curvature import (
-        FactorKind,
         RowProducts,
         accumulate_row_products,
         second_moment,
     )
+    from layerwise.optim.kronecker import Side
 
-    kind = FactorKind(kind)
+    kind = Side(kind)
     beta, alpha = weights
     generator = torch.Generator().manual_seed(3)
-    width = 1 if kind is FactorKind.SCALAR else 6
+    width = 1 if kind is Side.SCALAR else 6
     rows = (torch.randn(40, width, generator=generator) * magnitude).float()
     start = {
-        FactorKind.DENSE: torch.eye(6),
-        FactorKind.DIAGONAL: torch.ones(6),
-        FactorKind.SCALAR: torch.tensor(2.0),
+        Side.DENSE: torch.eye(6),
+        Side.DIAGONAL: torch.ones(6),
+        Side.SCALAR: torch.tensor(2.0),
     }[kind] * magnitude**2
     fused = start.clone()
     if beta == 0.0:

@@ -12,7 +12,7 @@ import torch
 from optim_cases import make_mlp, regression_batches
 from torch import nn
 
-from layerwise.optim import KFAC, SOAP, Muon, Shampoo, kronecker
+from layerwise.optim import KFAC, SOAP, InverseRoot, Muon, Shampoo, kronecker
 
 FACTORIES = {
     "shampoo": lambda model, **kw: Shampoo(model.parameters(), lr=1e-2, damping=1e-6, **kw),
@@ -108,11 +108,9 @@ def test_inverse_root_application_is_the_bf16_product_chain():
     bf16: equal to that computation, and within bf16 round-off of the float64 product."""
     generator = torch.Generator().manual_seed(0)
     left, x, right = (torch.randn(n, k, generator=generator) for n, k in ((5, 5), (5, 7), (7, 7)))
-    config = kronecker.KroneckerConfig(
-        transform=kronecker.InverseRoot(compute_dtype=torch.bfloat16)
-    )
+    transform = InverseRoot(compute_dtype=torch.bfloat16)
     state = {kronecker.LEFT_PRECONDITIONER: left, kronecker.RIGHT_PRECONDITIONER: right}
-    result = kronecker.apply(config, state, x)
+    result = transform.apply(state, x, grad=x, step=1)
     assert result.dtype == torch.float32
     bf = torch.bfloat16
     chain = ((left.to(bf) @ x.to(bf)) @ right.to(bf).mT).float()
@@ -138,11 +136,9 @@ def test_bf16_application_error_is_within_the_componentwise_rounding_bound(condi
 
     left, right = spd_inverse(48), spd_inverse(32)
     x = torch.randn(48, 32, generator=generator)
-    config = kronecker.KroneckerConfig(
-        transform=kronecker.InverseRoot(compute_dtype=torch.bfloat16)
-    )
+    transform = InverseRoot(compute_dtype=torch.bfloat16)
     state = {kronecker.LEFT_PRECONDITIONER: left, kronecker.RIGHT_PRECONDITIONER: right}
-    result = kronecker.apply(config, state, x).double()
+    result = transform.apply(state, x, grad=x, step=1).double()
     exact = left.double() @ x.double() @ right.double().mT
     amplification = float(
         (left.double().abs() @ x.double().abs() @ right.double().abs().mT).norm() / exact.norm()

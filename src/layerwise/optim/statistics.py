@@ -185,6 +185,8 @@ class LayerFactorSource(GradientSource):
     step needs (none off statistics steps).
     """
 
+    scalar_sides: ClassVar[bool] = LayerFactors.scalar_sides
+
     def __init__(
         self,
         model: nn.Module,
@@ -268,7 +270,7 @@ class LayerFactorSource(GradientSource):
         steps_done = state.get(STEP, 0) if state else 0
         if steps_done % parts.statistics_every != 0:
             return Side.NONE, Side.NONE
-        return parts.layout(self.block_shape(layer), scalar_sides=True)
+        return parts.layout(self.block_shape(layer), scalar_sides=self.scalar_sides)
 
     # -- statistics ------------------------------------------------------------------------
     def accumulate(
