@@ -118,7 +118,10 @@ def test_too_many_consecutive_failures_raise(monkeypatch):
     transform = InverseRoot(root=4)
     like = torch.zeros(3, 3, dtype=torch.float64)
     layout = (kronecker.Side.DENSE, kronecker.Side.DENSE)
-    state = {**kronecker.init_statistics(layout, (3, 3), like), **transform.init(layout, (3, 3), like)}
+    state = {
+        **kronecker.init_statistics(layout, (3, 3), like),
+        **transform.init(layout, (3, 3), like),
+    }
     state.update({kronecker.FAILED_REFRESHES: 0, kronecker.CONSECUTIVE_FAILURES: 0})
     monkeypatch.setattr(
         torch.linalg, "eigh", lambda a: (_ for _ in ()).throw(torch.linalg.LinAlgError("x"))

@@ -30,7 +30,10 @@ def test_fused_gradient_statistics_equal_the_explicit_increments(accumulation):
         left = grad @ grad.T
         right = (grad * grad).sum(dim=0)
         previous = explicit[kronecker.LEFT_STATISTIC].clone(), explicit[kronecker.RIGHT_STATISTIC]
-        for key, increment in ((kronecker.LEFT_STATISTIC, left), (kronecker.RIGHT_STATISTIC, right)):
+        for key, increment in (
+            (kronecker.LEFT_STATISTIC, left),
+            (kronecker.RIGHT_STATISTIC, right),
+        ):
             kronecker.accumulate_increment(accumulation, 0.9, explicit[key], increment)
         if accumulation == "ema":  # the rule itself, written out
             torch.testing.assert_close(

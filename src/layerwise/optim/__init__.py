@@ -23,7 +23,13 @@ from layerwise.optim.policies import (
 from layerwise.optim.shampoo import Shampoo
 from layerwise.optim.soap import SOAP
 from layerwise.optim.statistics import GradientProducts, LayerFactors
-from layerwise.optim.transforms import BasisRefresh, EigenbasisAdam, InverseRoot, Orthogonalize, PolarMethod
+from layerwise.optim.transforms import (
+    BasisRefresh,
+    EigenbasisAdam,
+    InverseRoot,
+    Orthogonalize,
+    PolarMethod,
+)
 
 __all__ = [
     "EKFAC",
@@ -36,9 +42,9 @@ __all__ = [
     "EigenbasisAdam",
     "FailurePolicy",
     "FirstMoment",
+    "GradientProducts",
     "Graft",
     "Grafting",
-    "GradientProducts",
     "HeavyBall",
     "InverseRoot",
     "LayerFactors",

@@ -142,6 +142,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self, params: Iterable[Any], defaults: dict[str, Any], *, model: nn.Module | None = None
     ) -> None:
         self._parts_cache: dict[int, tuple[dict[str, Any], Parts]] = {}
+        # The optimizer's own knobs (torch.optim adds entries of its own to ``defaults``).
+        self._knobs = tuple(defaults)
         self._source: GradientSource = GradientSource()
         #: Per param-group index, the factor by which the last step's Kronecker directions
         #: were scaled by clipping (groups without clipping are absent).
@@ -231,8 +233,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for old, new in self.RENAMED_KNOBS.items():
                 if old in group:
                     group.setdefault(new, group.pop(old))
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+            for key in self._knobs:
+                group.setdefault(key, self.defaults[key])
             for key, value in group.items():
                 if isinstance(value, enum.Enum):
                     group[key] = value.value

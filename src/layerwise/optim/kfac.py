@@ -55,7 +55,7 @@ grouped convolutions) follow the Adam path of :mod:`layerwise.optim.base`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -148,7 +148,7 @@ class KFAC(LayerwiseOptimizer):
         >>> opt.step()
     """
 
-    MODE = {
+    MODE: ClassVar[dict[str, ModeDefault]] = {
         "accumulation": ModeDefault("ema", "latest"),
         "statistics_every": ModeDefault(1, 1),
         "refresh_every": ModeDefault(10, 1),

@@ -126,9 +126,7 @@ def accumulate_row_products(
     if increment.kind is Side.DENSE:
         statistic.addmm_(rows.mT, rows, beta=beta, alpha=weight)
         return
-    summed = (
-        rows.square().sum(dim=0) if increment.kind is Side.DIAGONAL else rows.square().sum()
-    )
+    summed = rows.square().sum(dim=0) if increment.kind is Side.DIAGONAL else rows.square().sum()
     if beta == 0.0:  # as addmm: the old value is ignored, not multiplied (it may be non-finite)
         statistic.copy_(summed.mul_(weight))
     else:

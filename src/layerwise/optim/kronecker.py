@@ -304,9 +304,7 @@ def layout_of(state: dict[str, Any]) -> SideLayout:
     """The side layout of a block from its statistics' shapes (2-D dense, 1-D diagonal, 0-D
     scalar, missing: none)."""
     kinds = {2: Side.DENSE, 1: Side.DIAGONAL, 0: Side.SCALAR}
-    left, right = (
-        kinds[state[key].ndim] if key in state else Side.NONE for key in STATISTIC_KEYS
-    )
+    left, right = (kinds[state[key].ndim] if key in state else Side.NONE for key in STATISTIC_KEYS)
     return left, right
 
 

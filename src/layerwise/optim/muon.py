@@ -19,7 +19,7 @@ viewed as ``(shape[0], prod(shape[1:]))`` matrices.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from layerwise.optim.base import LayerwiseOptimizer, ModeDefault
 from layerwise.optim.kronecker import AUTO
@@ -46,7 +46,8 @@ class Muon(LayerwiseOptimizer):
         ns_dtype: precision of the Newton–Schulz iteration: ``"auto"`` (bf16 for float32
             parameters, as Jordan et al. and ``torch.optim.Muon``), ``None`` (the parameters'
             dtype) or a dtype name; see :mod:`layerwise.optim.parts`.
-        scale: ``"shape"``, ``"rms"`` or ``"none"`` (:class:`~layerwise.optim.policies.UpdateScale`).
+        scale: ``"shape"``, ``"rms"`` or ``"none"``
+            (:class:`~layerwise.optim.policies.UpdateScale`).
         adam_lr_ratio, betas, eps: the Adam path for non-matrix parameters, at learning rate
             ``lr * adam_lr_ratio`` (default 0.05: 1e-3 at the default lr).
         exact: exact polar factor by SVD.
@@ -56,9 +57,9 @@ class Muon(LayerwiseOptimizer):
         >>> opt = Muon(model.parameters(), lr=0.02)
     """
 
-    MODE = {"polar": ModeDefault("newton_schulz", "svd")}
+    MODE: ClassVar[dict[str, ModeDefault]] = {"polar": ModeDefault("newton_schulz", "svd")}
     PRECISION_KNOBS = ("ns_dtype",)
-    RENAMED_KNOBS = {"muon_momentum": "momentum"}
+    RENAMED_KNOBS: ClassVar[dict[str, str]] = {"muon_momentum": "momentum"}
 
     def __init__(
         self,

@@ -66,7 +66,13 @@ def _unit_interval(name: str, value: float) -> None:
 
 
 def first_moment(
-    state: dict[str, Any], grad: Tensor, step: int, *, beta: float, nesterov: bool, bias_correction: bool
+    state: dict[str, Any],
+    grad: Tensor,
+    step: int,
+    *,
+    beta: float,
+    nesterov: bool,
+    bias_correction: bool,
 ) -> Tensor:
     """The direction of :class:`FirstMoment` (updates ``state[EXP_AVG]``)."""
     if beta == 0.0:
@@ -173,7 +179,8 @@ class Graft:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Grafting(self.method))
         if not (
-            isinstance(self.start_preconditioning_step, int) and self.start_preconditioning_step >= 1
+            isinstance(self.start_preconditioning_step, int)
+            and self.start_preconditioning_step >= 1
         ):
             raise ValueError(
                 f"Invalid start_preconditioning_step: {self.start_preconditioning_step!r}"
@@ -268,7 +275,9 @@ class Clipping:
     def active(self) -> bool:
         return bool(self.kl_clip) or self.max_update_norm is not None
 
-    def scale(self, lr: float, directions: list[tuple[list[Tensor], list[Tensor], Direction]]) -> float:
+    def scale(
+        self, lr: float, directions: list[tuple[list[Tensor], list[Tensor], Direction]]
+    ) -> float:
         """ν for the group's ``(pieces, grads, direction)`` triples (a block's direction split
         into its parameters' shapes, their gradients, the direction)."""
         inner = 0.0

@@ -29,7 +29,7 @@ grafting, preconditioning from step 1, full precision.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from layerwise.optim.base import LayerwiseOptimizer, ModeDefault
 from layerwise.optim.kronecker import AUTO
@@ -75,7 +75,7 @@ class Shampoo(LayerwiseOptimizer):
         >>> model(torch.randn(8, 4)).square().mean().backward(); opt.step()
     """
 
-    MODE = {
+    MODE: ClassVar[dict[str, ModeDefault]] = {
         "refresh_every": ModeDefault(10, 1),
         "start_preconditioning_step": ModeDefault(1, 1),
         "grafting": ModeDefault("adam", "none"),

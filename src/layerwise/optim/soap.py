@@ -25,7 +25,7 @@ statistics and the first step is taken (the reference skips it).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from layerwise.optim.base import LayerwiseOptimizer, ModeDefault
 from layerwise.optim.kronecker import AUTO
@@ -62,7 +62,7 @@ class SOAP(LayerwiseOptimizer):
         >>> opt = SOAP(model.parameters(), lr=3e-3)
     """
 
-    MODE = {
+    MODE: ClassVar[dict[str, ModeDefault]] = {
         "refresh_every": ModeDefault(10, 1),
         "basis_refresh": ModeDefault("eigh", "eigh"),
     }

@@ -227,11 +227,14 @@ class LayerFactorSource(GradientSource):
         self._group_index = {p: i for i, g in enumerate(param_groups) for p in g["params"]}
         for layer in self.layers:
             bias = layer.bias
-            if bias is not None and bias.requires_grad:
-                if self._group_index.get(layer.weight) != self._group_index.get(bias):
-                    raise ValueError(
-                        f"KFAC: weight and bias of {layer} must be in the same param group"
-                    )
+            if (
+                bias is not None
+                and bias.requires_grad
+                and self._group_index.get(layer.weight) != self._group_index.get(bias)
+            ):
+                raise ValueError(
+                    f"KFAC: weight and bias of {layer} must be in the same param group"
+                )
 
     @staticmethod
     def folds_bias(layer: Layer) -> bool:
