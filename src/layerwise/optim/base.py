@@ -54,7 +54,7 @@ from layerwise.optim.kronecker import (
     statistics_dtype,
 )
 from layerwise.optim.parts import Parts
-from layerwise.optim.policies import Direction, UpdateScale
+from layerwise.optim.policies import AdamPath, Direction, UpdateScale
 from layerwise.optim.statistics import Block, GradientSource, LayerFactors, LayerFactorSource
 
 #: ``torch.profiler`` ranges around the three phases of a Kronecker block's step (statistics
@@ -100,6 +100,28 @@ class _Prepared:
     grad: Tensor
     first_moment: Tensor
     step: int
+
+
+def knobs(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A named optimizer's constructor arguments (its ``locals()``) as group defaults: plain
+    data (enum members as their strings, sequences as tuples), so that checkpoints load with
+    ``torch.load(..., weights_only=True)``; the parts rebuild the enums when composed."""
+    skipped = ("self", "params", "model", "__class__")
+    return {k: _plain(v) for k, v in arguments.items() if k not in skipped}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def adam_path(group: dict[str, Any]) -> AdamPath:
+    """The Adam path of a group from the knobs every named optimizer shares (``betas``,
+    ``eps``, ``adam_lr_ratio``)."""
+    return AdamPath(betas=group["betas"], eps=group["eps"], lr_ratio=group["adam_lr_ratio"])
 
 
 def check_hyperparameters(group: dict[str, Any]) -> None:
@@ -236,8 +258,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for key in self._knobs:
                 group.setdefault(key, self.defaults[key])
             for key, value in group.items():
-                if isinstance(value, enum.Enum):
-                    group[key] = value.value
+                if key != "params":
+                    group[key] = _plain(value)
             self._resolve_mode(group)
         for state in self.state.values():
             for old, new in RENAMED_STATE_KEYS.items():

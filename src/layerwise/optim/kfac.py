@@ -59,12 +59,12 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from layerwise.optim.base import LayerwiseOptimizer, ModeDefault
+from layerwise.optim.base import LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kfac_curvature import Curvature, Loss
 from layerwise.optim.kfac_damping import DampingSplit
 from layerwise.optim.kronecker import AUTO, Accumulation, Sides
 from layerwise.optim.parts import Parts
-from layerwise.optim.policies import AdamPath, Clipping, FailurePolicy, FirstMoment, HeavyBall
+from layerwise.optim.policies import Clipping, FailurePolicy, FirstMoment, HeavyBall
 from layerwise.optim.statistics import LayerFactors
 from layerwise.optim.transforms import EigenbasisAdam, InverseRoot
 
@@ -189,35 +189,9 @@ class KFAC(LayerwiseOptimizer):
         params: Iterable[Any] | None = None,
         exact: bool = False,
     ) -> None:
-        if curvature is None:
-            curvature = Curvature.GGN if exact else Curvature.EMPIRICAL
-        defaults = dict(
-            lr=lr,
-            loss=loss_name(loss),
-            curvature=Curvature(curvature).value,
-            mc_samples=mc_samples,
-            statistics_batch=statistics_batch,
-            seed=seed,
-            accumulation=None if accumulation is None else str(accumulation),
-            statistics_decay=statistics_decay,
-            statistics_every=statistics_every,
-            refresh_every=refresh_every,
-            damping=damping,
-            damping_split=str(damping_split),
-            sides=str(sides),
-            ekfac=ekfac,
-            kl_clip=kl_clip,
-            max_update_norm=max_update_norm,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            betas=tuple(betas),
-            eps=eps,
-            adam_lr_ratio=adam_lr_ratio,
-            max_preconditioner_dim=max_preconditioner_dim,
-            precondition_dtype=precondition_dtype,
-            exact=exact,
-        )
+        loss = loss_name(loss)
+        curvature = Curvature(curvature or (Curvature.GGN if exact else Curvature.EMPIRICAL))
+        defaults = knobs(locals())
         if params is None:
             params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, defaults, model=model)
@@ -262,7 +236,7 @@ class KFAC(LayerwiseOptimizer):
             ),
             heavy_ball=HeavyBall(momentum=group["momentum"], nesterov=group["nesterov"]),
             clipping=Clipping(kl_clip=group["kl_clip"], max_update_norm=group["max_update_norm"]),
-            adam=AdamPath(betas=group["betas"], eps=group["eps"], lr_ratio=group["adam_lr_ratio"]),
+            adam=adam_path(group),
             weight_decay=group["weight_decay"],
             # Exact mode: a singular factor is an error, not a silently kept old inverse.
             failures=FailurePolicy(max_consecutive_failures=0 if group["exact"] else None),

@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from layerwise.optim.base import LayerwiseOptimizer, ModeDefault
+from layerwise.optim.base import LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kronecker import AUTO
 from layerwise.optim.matrix import NEWTON_SCHULZ_QUINTIC
 from layerwise.optim.parts import Parts
-from layerwise.optim.policies import AdamPath, FirstMoment, UpdateScale
+from layerwise.optim.policies import FirstMoment, UpdateScale
 from layerwise.optim.transforms import Orthogonalize
 
 #: The name checkpoints of earlier versions pickled the shape-scale enum under.
@@ -79,22 +79,7 @@ class Muon(LayerwiseOptimizer):
         eps: float = 1e-8,
         exact: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            polar=None if polar is None else str(polar),
-            ns_coefficients=tuple(ns_coefficients),
-            ns_steps=ns_steps,
-            ns_dtype=ns_dtype,
-            scale=str(scale),
-            adam_lr_ratio=adam_lr_ratio,
-            betas=tuple(betas),
-            eps=eps,
-            exact=exact,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, knobs(locals()))
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:
@@ -110,7 +95,7 @@ class Muon(LayerwiseOptimizer):
                 beta=group["momentum"], nesterov=group["nesterov"], bias_correction=False
             ),
             scale=group["scale"],
-            adam=AdamPath(betas=group["betas"], eps=group["eps"], lr_ratio=group["adam_lr_ratio"]),
+            adam=adam_path(group),
             weight_decay=group["weight_decay"],
         )
 

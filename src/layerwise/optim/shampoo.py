@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from layerwise.optim.base import LayerwiseOptimizer, ModeDefault
+from layerwise.optim.base import LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kronecker import AUTO
 from layerwise.optim.parts import Parts
-from layerwise.optim.policies import AdamPath, FirstMoment, Graft, Grafting, HeavyBall
+from layerwise.optim.policies import FirstMoment, Graft, Grafting, HeavyBall
 from layerwise.optim.statistics import GradientProducts
 from layerwise.optim.transforms import InverseRoot
 
@@ -107,29 +107,7 @@ class Shampoo(LayerwiseOptimizer):
         adam_lr_ratio: float = 1.0,
         exact: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas),
-            damping=damping,
-            damping_mode=str(damping_mode),
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            nesterov=nesterov,
-            accumulation=str(accumulation),
-            statistics_decay=statistics_decay,
-            refresh_every=refresh_every,
-            statistics_every=statistics_every,
-            start_preconditioning_step=start_preconditioning_step,
-            grafting=grafting,
-            sides=str(sides),
-            max_preconditioner_dim=max_preconditioner_dim,
-            root=root,
-            precondition_dtype=precondition_dtype,
-            adam_lr_ratio=adam_lr_ratio,
-            exact=exact,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, knobs(locals()))
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:
@@ -159,7 +137,7 @@ class Shampoo(LayerwiseOptimizer):
                 eps=group["eps"],
                 start_preconditioning_step=group["start_preconditioning_step"],
             ),
-            adam=AdamPath(betas=group["betas"], eps=group["eps"], lr_ratio=group["adam_lr_ratio"]),
+            adam=adam_path(group),
             weight_decay=group["weight_decay"],
         )
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from layerwise.optim.base import LayerwiseOptimizer, ModeDefault
+from layerwise.optim.base import LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kronecker import AUTO
 from layerwise.optim.parts import Parts
-from layerwise.optim.policies import AdamPath, FirstMoment
+from layerwise.optim.policies import FirstMoment
 from layerwise.optim.statistics import GradientProducts
 from layerwise.optim.transforms import EigenbasisAdam
 
@@ -86,22 +86,7 @@ class SOAP(LayerwiseOptimizer):
         adam_lr_ratio: float = 1.0,
         exact: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            statistics_decay=statistics_decay,
-            refresh_every=refresh_every,
-            basis_refresh=None if basis_refresh is None else str(basis_refresh),
-            statistics_every=statistics_every,
-            sides=str(sides),
-            max_preconditioner_dim=max_preconditioner_dim,
-            precondition_dtype=precondition_dtype,
-            adam_lr_ratio=adam_lr_ratio,
-            exact=exact,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, knobs(locals()))
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:
@@ -124,6 +109,6 @@ class SOAP(LayerwiseOptimizer):
             sides=group.get("sides", "both"),
             max_preconditioner_dim=group["max_preconditioner_dim"],
             first_moment=FirstMoment(beta=beta1),
-            adam=AdamPath(betas=group["betas"], eps=group["eps"], lr_ratio=group["adam_lr_ratio"]),
+            adam=adam_path(group),
             weight_decay=group["weight_decay"],
         )
