@@ -179,9 +179,10 @@ def adamw_candidate(setting: Setting) -> Candidate:
 # -- ours --------------------------------------------------------------------------------
 
 
-#: Suffix of the variants whose per-step products run in bfloat16 (``precondition_dtype`` /
-#: ``ns_dtype``; statistics and decompositions stay in float32).
-BF16 = " bf16"
+#: Suffix of the variants whose per-step products run in float32 (``precondition_dtype`` /
+#: ``ns_dtype`` = None). Without a suffix a candidate runs our defaults: for float32 parameters
+#: the per-step application products run in bfloat16, statistics and decompositions in float32.
+FP32 = " fp32"
 
 
 def our_candidates(
@@ -189,12 +190,10 @@ def our_candidates(
     *,
     exact: bool = True,
     fp32_variants: tuple[str, ...] = ("shampoo", "soap", "muon", "kfac"),
-    kfac_statistics_batch: int | None = None,
 ) -> tuple[list[Candidate], list]:
-    """Our optimizers, amortized (refresh every ``setting.refresh_every`` steps) with bf16
-    application products and, for the methods in ``fp32_variants``, in their default
-    precision (float32 here); with ``exact`` also the exact modes; with
-    ``kfac_statistics_batch`` also KFAC bf16 with factors from that many samples per batch."""
+    """Our optimizers with their defaults (amortized, refresh every ``setting.refresh_every``
+    steps), for the methods in ``fp32_variants`` also with float32 application products, and
+    with ``exact`` also the exact modes."""
     from layerwise.optim import SOAP, Muon, Shampoo
 
     k = setting.refresh_every
@@ -204,7 +203,7 @@ def our_candidates(
         missing.append(Unavailable("layerwise KFAC", "kfac", "layerwise", kfac))
 
     def make_kfac(model: nn.Module, **options: Any) -> list[torch.optim.Optimizer]:
-        return [kfac(model, lr=LR["kfac"], loss="cross_entropy", curvature="empirical", **options)]
+        return [kfac(model, lr=LR["kfac"], loss="cross_entropy", **options)]
 
     # (name, method, settings, optimizer factory taking the precision options)
     amortized: list[tuple[str, str, str, Callable[..., list[torch.optim.Optimizer]]]] = [
@@ -232,17 +231,20 @@ def our_candidates(
             (
                 "KFAC",
                 "kfac",
-                f"cross-entropy, empirical curvature, EMA factors, damping 1e-3, refresh every "
-                f"{k} (Cholesky inverses)",
+                f"cross-entropy, defaults: empirical curvature, EMA factors from at most 256 "
+                f"samples per batch, damping 1e-3, refresh every {k} (Cholesky inverses)",
                 lambda m, **o: make_kfac(m, refresh_every=k, **o),
             )
         )
     found: list[Candidate] = []
     for name, method, settings, make in amortized:
-        low = {"ns_dtype": "bfloat16"} if method == "muon" else {"precondition_dtype": "bfloat16"}
-        variants = [("", {}, "float32 (default)"), (BF16, low, "bfloat16 application products")]
+        full = {"ns_dtype": None} if method == "muon" else {"precondition_dtype": None}
+        variants = [
+            ("", {}, "defaults (bfloat16 application products)"),
+            (FP32, full, "float32 application products"),
+        ]
         if method not in fp32_variants:
-            variants = variants[1:]
+            variants = variants[:1]
         for suffix, options, precision in variants:
             found.append(
                 Candidate(
@@ -255,26 +257,6 @@ def our_candidates(
                     k,
                 )
             )
-    if kfac_statistics_batch is not None and not isinstance(kfac, str):
-        found.append(
-            Candidate(
-                f"layerwise KFAC{BF16} statistics {kfac_statistics_batch}",
-                "kfac",
-                "layerwise",
-                "amortized",
-                f"as KFAC bf16, factors from the first {kfac_statistics_batch} samples of each "
-                "batch (statistics_batch)",
-                _builder(
-                    make_kfac,
-                    {
-                        "refresh_every": k,
-                        "precondition_dtype": "bfloat16",
-                        "statistics_batch": kfac_statistics_batch,
-                    },
-                ),
-                k,
-            )
-        )
     if not exact:
         return found, missing
     exact_block = 1  # one refresh period
@@ -303,9 +285,10 @@ def our_candidates(
             (
                 "KFAC",
                 "kfac",
-                "factors of the current batch, inverted every step; damping 1e-3 (the exact "
+                "empirical factors of the current batch, inverted every step; damping 1e-3 "
+                "(the exact "
                 "default 0 fails: batch < layer width makes the factors singular)",
-                lambda m: make_kfac(m, damping=1e-3, exact=True),
+                lambda m: make_kfac(m, damping=1e-3, curvature="empirical", exact=True),
             )
         )
     for name, method, settings, make_exact in exact_modes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmarks.candidates import BF16, LR, Candidate, Setting, Trainer
+from benchmarks.candidates import FP32, LR, Candidate, Setting, Trainer
 
 
 class FloorWork:
@@ -145,11 +145,12 @@ def floor_candidates(setting: Setting, ours: list[Candidate]) -> list[Candidate]
     floors = []
     for candidate in ours:
         exact = candidate.mode == "exact"
-        if candidate.method == "muon" and not exact and not candidate.name.endswith(BF16):
+        full_precision = exact or candidate.name.endswith(FP32)
+        if candidate.method == "muon" and not exact and full_precision:
             # Muon's float32 Newton–Schulz is its floor (1.0x in every run) and costs 12x
             # AdamW per block: left out to keep the benchmark under 5 minutes.
             continue
-        dtype = torch.bfloat16 if candidate.name.endswith(BF16) else torch.float32
+        dtype = torch.float32 if full_precision else torch.bfloat16
         work = FloorWork(candidate.method, setting, exact=exact, dtype=dtype)
 
         def factory(model: nn.Module, batches: list, work: FloorWork = work) -> Trainer:

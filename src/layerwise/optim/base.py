@@ -75,13 +75,21 @@ RENAMED_STATE_KEYS = {
 
 
 class ModeDefault(NamedTuple):
-    """How a knob left as ``None`` is set by the mode: its value in the amortized and the exact
-    mode (a value, or a function of the group); with ``required`` an explicitly given value that
-    contradicts the exact one is refused, so ``exact=True`` always means what it says."""
+    """How a knob left ``unset`` (``None``, or e.g. ``"auto"`` where ``None`` means something)
+    is set by the mode: its value in the amortized and the exact mode (a value, or a function
+    of the group); with ``required`` an explicitly given value that contradicts the exact one is
+    refused, so ``exact=True`` always means what it says."""
 
     amortized: Any
     exact: Any
     required: bool = True
+    unset: Any = None
+
+
+#: The mode default of every precision knob (:func:`~layerwise.optim.kronecker.precision`):
+#: ``"auto"`` (bf16 application for float32 parameters) in the amortized mode, full precision
+#: in the exact mode, which refuses a lower one.
+PRECISION_MODE = ModeDefault(AUTO, None, unset=AUTO)
 
 
 class Update(NamedTuple):
@@ -155,10 +163,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     MODE: ClassVar[dict[str, ModeDefault]] = {}
     #: Group knobs renamed since earlier versions (old -> new); checkpoints are migrated.
     RENAMED_KNOBS: ClassVar[dict[str, str]] = {}
-    #: Precision knobs (:func:`~layerwise.optim.kronecker.precision`): ``"auto"`` is the fast
-    #: path in the amortized mode and full precision (``None``) in the exact mode, which
-    #: refuses a lower one.
-    PRECISION_KNOBS: ClassVar[tuple[str, ...]] = ()
+    #: Knobs whose default changed since earlier versions wrote checkpoints without them:
+    #: knob -> (new default, old default). A checkpoint lacking the knob continues with the
+    #: old default unless the optimizer was constructed with another value.
+    CHANGED_DEFAULTS: ClassVar[dict[str, tuple[Any, Any]]] = {}
 
     def __init__(
         self, params: Iterable[Any], defaults: dict[str, Any], *, model: nn.Module | None = None
@@ -171,21 +179,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         #: were scaled by clipping (groups without clipping are absent).
         self.last_update_scales: dict[int, float] = {}
         super().__init__(params, defaults)
-        factors = {
-            self.parts(g).statistics
-            for g in self.param_groups
-            if isinstance(self.parts(g).statistics, LayerFactors)
-        }
-        if len(factors) > 1:
-            raise ValueError(
-                f"{type(self).__name__}: the layer factors (loss, curvature, mc_samples, "
-                "statistics_batch, seed) are per model, not per param group"
-            )
+        factors = [
+            statistics
+            for statistics in (self.parts(g).statistics for g in self.param_groups)
+            if isinstance(statistics, LayerFactors)
+        ]
         if factors:
             if model is None:
                 raise ValueError("layer-factor statistics need the model (model=...)")
             self._source = LayerFactorSource(
-                model, factors.pop(), parts_of=self.parts, state_of=lambda p: self.state.get(p)
+                model, factors[0], parts_of=self.parts, state_of=lambda p: self.state.get(p)
             )
         self._source.index(self.param_groups)
 
@@ -223,20 +226,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _resolve_mode(self, group: dict[str, Any]) -> None:
         exact = bool(group.get("exact", False))
         for knob, default in self.MODE.items():
-            value = group.get(knob)
+            value = group.get(knob, default.unset)
             wanted = default.exact if exact else default.amortized
             if callable(wanted):
                 wanted = wanted(group)
-            if exact and default.required and value is not None and value != wanted:
+            given = value != default.unset
+            if exact and default.required and given and value != wanted:
                 raise ValueError(f"exact=True requires {knob}={wanted!r}; got {knob}={value!r}")
-            if value is None:
+            if not given:
                 group[knob] = wanted
-        for knob in self.PRECISION_KNOBS:
-            value = group.get(knob)
-            if exact and value not in (AUTO, None):
-                raise ValueError(f"exact=True requires {knob}=None; got {knob}={value!r}")
-            if exact:
-                group[knob] = None
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -256,7 +254,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 if old in group:
                     group.setdefault(new, group.pop(old))
             for key in self._knobs:
-                group.setdefault(key, self.defaults[key])
+                if key not in group:
+                    value = self.defaults[key]
+                    new, old = self.CHANGED_DEFAULTS.get(key, (object(), None))
+                    group[key] = old if value == new else value
             for key, value in group.items():
                 if key != "params":
                     group[key] = _plain(value)

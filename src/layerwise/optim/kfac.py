@@ -59,7 +59,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from layerwise.optim.base import LayerwiseOptimizer, ModeDefault, adam_path, knobs
+from layerwise.optim.base import PRECISION_MODE, LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kfac_curvature import Curvature, Loss
 from layerwise.optim.kfac_damping import DampingSplit
 from layerwise.optim.kronecker import AUTO, Accumulation, Sides
@@ -109,8 +109,10 @@ class KFAC(LayerwiseOptimizer):
             targets) or ``"ggn"`` (the exact Gauss–Newton output factor: one extra backward
             pass per model output; the default in exact mode).
         mc_samples: sampled backward passes per statistics step (``mc_fisher``).
-        statistics_batch: factors from the first this-many samples of each batch (``None``:
-            all; exact mode: ``None``).
+        statistics_batch: factors from the first this-many samples of each batch (``"auto"``:
+            256, and all in exact mode; ``None``: all). Like Martens & Grosse's curvature
+            mini-batch it keeps the factors' cost fixed at large batches; the EMA averages them
+            over steps. The samples of a shuffled batch are a uniform subsample.
         seed: seed of the ``mc_fisher`` sampler (its state is part of ``state_dict``).
         accumulation: ``"ema"`` (with ``statistics_decay``, bias-corrected) or ``"latest"``.
         statistics_decay: EMA decay :math:`\beta` of the factors.
@@ -149,14 +151,16 @@ class KFAC(LayerwiseOptimizer):
     """
 
     MODE: ClassVar[dict[str, ModeDefault]] = {
+        "precondition_dtype": PRECISION_MODE,
         "accumulation": ModeDefault("ema", "latest"),
         "statistics_every": ModeDefault(1, 1),
         "refresh_every": ModeDefault(10, 1),
-        "statistics_batch": ModeDefault(None, None),
+        "statistics_batch": ModeDefault(256, None, unset=AUTO),
         "damping": ModeDefault(1e-3, 0.0, required=False),
         "kl_clip": ModeDefault(lambda group: 0.0 if group["ekfac"] else 1e-3, 0.0, required=False),
     }
-    PRECISION_KNOBS = ("precondition_dtype",)
+    #: Before it was a group knob, ``statistics_batch`` defaulted to all samples.
+    CHANGED_DEFAULTS: ClassVar[dict[str, tuple[Any, Any]]] = {"statistics_batch": (AUTO, None)}
 
     def __init__(
         self,
@@ -166,7 +170,7 @@ class KFAC(LayerwiseOptimizer):
         loss: str | nn.Module,
         curvature: str | None = None,
         mc_samples: int = 1,
-        statistics_batch: int | None = None,
+        statistics_batch: int | str | None = AUTO,
         seed: int = 0,
         accumulation: str | None = None,
         statistics_decay: float = 0.95,

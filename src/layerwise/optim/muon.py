@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from layerwise.optim.base import LayerwiseOptimizer, ModeDefault, adam_path, knobs
+from layerwise.optim.base import PRECISION_MODE, LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kronecker import AUTO
 from layerwise.optim.matrix import NEWTON_SCHULZ_QUINTIC
 from layerwise.optim.parts import Parts
@@ -57,8 +57,10 @@ class Muon(LayerwiseOptimizer):
         >>> opt = Muon(model.parameters(), lr=0.02)
     """
 
-    MODE: ClassVar[dict[str, ModeDefault]] = {"polar": ModeDefault("newton_schulz", "svd")}
-    PRECISION_KNOBS = ("ns_dtype",)
+    MODE: ClassVar[dict[str, ModeDefault]] = {
+        "ns_dtype": PRECISION_MODE,
+        "polar": ModeDefault("newton_schulz", "svd"),
+    }
     RENAMED_KNOBS: ClassVar[dict[str, str]] = {"muon_momentum": "momentum"}
 
     def __init__(

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from layerwise.optim.base import LayerwiseOptimizer, ModeDefault, adam_path, knobs
+from layerwise.optim.base import PRECISION_MODE, LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kronecker import AUTO
 from layerwise.optim.parts import Parts
 from layerwise.optim.policies import FirstMoment, Graft, Grafting, HeavyBall
@@ -76,11 +76,11 @@ class Shampoo(LayerwiseOptimizer):
     """
 
     MODE: ClassVar[dict[str, ModeDefault]] = {
+        "precondition_dtype": PRECISION_MODE,
         "refresh_every": ModeDefault(10, 1),
         "start_preconditioning_step": ModeDefault(1, 1),
         "grafting": ModeDefault("adam", "none"),
     }
-    PRECISION_KNOBS = ("precondition_dtype",)
 
     def __init__(
         self,

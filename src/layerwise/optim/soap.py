@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from layerwise.optim.base import LayerwiseOptimizer, ModeDefault, adam_path, knobs
+from layerwise.optim.base import PRECISION_MODE, LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kronecker import AUTO
 from layerwise.optim.parts import Parts
 from layerwise.optim.policies import FirstMoment
@@ -63,10 +63,10 @@ class SOAP(LayerwiseOptimizer):
     """
 
     MODE: ClassVar[dict[str, ModeDefault]] = {
+        "precondition_dtype": PRECISION_MODE,
         "refresh_every": ModeDefault(10, 1),
         "basis_refresh": ModeDefault("eigh", "eigh"),
     }
-    PRECISION_KNOBS = ("precondition_dtype",)
 
     def __init__(
         self,

@@ -222,7 +222,15 @@ class LayerFactorSource(GradientSource):
 
     # -- groups and blocks -----------------------------------------------------------------
     def index(self, param_groups: list[dict[str, Any]]) -> None:
-        """Map parameters to their groups; a layer's weight and bias must share one."""
+        """Map parameters to their groups (a layer's weight and bias must share one) and take
+        the groups' factor settings, which are per model (a checkpoint may bring others)."""
+        factors = {self._parts_of(g).statistics for g in param_groups}
+        if len(factors) != 1 or not isinstance(next(iter(factors)), LayerFactors):
+            raise ValueError(
+                "KFAC: the layer factors (loss, curvature, mc_samples, statistics_batch, seed) "
+                f"are per model, not per param group; got {sorted(map(repr, factors))}"
+            )
+        self._configure(factors.pop())
         self._groups = param_groups
         self._group_index = {p: i for i, g in enumerate(param_groups) for p in g["params"]}
         for layer in self.layers:
@@ -235,6 +243,15 @@ class LayerFactorSource(GradientSource):
                 raise ValueError(
                     f"KFAC: weight and bias of {layer} must be in the same param group"
                 )
+
+    def _configure(self, factors: LayerFactors) -> None:
+        if factors.seed != self.factors.seed:
+            self.generator.manual_seed(factors.seed)
+        self.factors = factors
+        self.capture.curvature = factors.curvature
+        self.capture.loss = factors.loss
+        self.capture.mc_samples = factors.mc_samples
+        self.capture.statistics_batch = factors.statistics_batch
 
     @staticmethod
     def folds_bias(layer: Layer) -> bool:
