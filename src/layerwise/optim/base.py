@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -132,11 +133,21 @@ def adam_path(group: dict[str, Any]) -> AdamPath:
     return AdamPath(betas=group["betas"], eps=group["eps"], lr_ratio=group["adam_lr_ratio"])
 
 
+def scalar(value: float | Tensor) -> float:
+    """A learning rate given as a number or a one-element tensor, as a float (the step's
+    arithmetic is the same for both; a tensor of several elements is refused)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Invalid lr: a tensor of shape {tuple(value.shape)} (one element)")
+        return float(value)
+    return float(value)
+
+
 def check_hyperparameters(group: dict[str, Any]) -> None:
     """Refuse impossible values of the knobs every optimizer shares, naming the knob (the
     torch.optim habit); the parts check the rest when they are composed."""
     rules: dict[str, Callable[[Any], bool]] = {
-        "lr": lambda v: v >= 0,
+        "lr": lambda v: math.isfinite(scalar(v)) and scalar(v) >= 0,
         "adam_lr_ratio": lambda v: v >= 0,
         "eps": lambda v: v >= 0,
         "weight_decay": lambda v: v >= 0,
@@ -249,6 +260,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         extra = {k: state_dict.pop(k) for k in list(state_dict) if k not in _TORCH_ENTRIES}
         super().load_state_dict(state_dict)
+        self._restore_dtypes(state_dict)
         for group in self.param_groups:
             for old, new in self.RENAMED_KNOBS.items():
                 if old in group:
@@ -271,6 +283,26 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self.parts(group)
         self._source.index(self.param_groups)
         self._source.load_state_dict(extra)
+
+    def _restore_dtypes(self, state_dict: dict[str, Any]) -> None:
+        """``torch.optim`` casts every floating state tensor to its parameter's dtype on load;
+        ours keep the dtype they were saved in (float32 statistics of bf16 parameters, bf16
+        preconditioners of float32 ones)."""
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, param in zip(saved_ids, params, strict=True):
+            saved = state_dict["state"].get(saved_id)
+            state = self.state.get(param)
+            if not saved or not state:
+                continue
+            for key, value in saved.items():
+                loaded = state.get(key)
+                if (
+                    isinstance(value, Tensor)
+                    and isinstance(loaded, Tensor)
+                    and loaded.dtype != value.dtype
+                ):
+                    state[key] = loaded.to(value.dtype)
 
     # -- the step --------------------------------------------------------------------------
     @torch.no_grad()
@@ -305,7 +337,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         parts_of = {id(group): parts for group, parts, _ in work}
         for (group, block, (tensor, factor)), scale in zip(updates, scales, strict=True):
             parts = parts_of[id(group)]
-            lr = group["lr"] if block.kronecker else group["lr"] * parts.adam.lr_ratio
+            lr = scalar(group["lr"])
+            if not block.kronecker:
+                lr *= parts.adam.lr_ratio
             for param, piece in zip(block.params, block.split(tensor), strict=True):
                 if parts.weight_decay:
                     param.mul_(1.0 - lr * parts.weight_decay)
@@ -360,6 +394,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         statistics and refresh. Returns the final direction for Adam-path blocks."""
         state = self.state[block.key]
         grad = block.matrix([p.grad for p in block.params])
+        if block.kronecker:
+            # bf16 / fp16 parameters: the whole Kronecker path (moments included) runs in
+            # float32, and only the update is rounded to the parameters' dtype. Adam's own
+            # normalization would otherwise turn the rounding gap between a bf16 first moment
+            # and the gradient into full-size steps in an eigenbasis (SOAP's first step
+            # moved weights by 400).
+            grad = grad.to(statistics_dtype(grad.dtype))
+        if parts.maximize:
+            grad = -grad
         if not state:
             self._init_state(parts, state, block, grad)
         state[STEP] += 1
@@ -422,9 +465,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             mine = [(b, d) for g, b, d in updates if g is group and b.kronecker]
             if not mine:
                 continue
+            sign = -1.0 if parts.maximize else 1.0
             scales[index] = parts.clipping.scale(
-                group["lr"],
-                [(b.split(d.tensor), [p.grad for p in b.params], d) for b, d in mine],
+                scalar(group["lr"]),
+                [(b.split(d.tensor), [sign * p.grad for p in b.params], d) for b, d in mine],
             )
         self.last_update_scales = scales
         by_group = {id(group): i for i, (group, _, _) in enumerate(work)}

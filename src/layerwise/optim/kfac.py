@@ -136,6 +136,7 @@ class KFAC(LayerwiseOptimizer):
             bf16 for float32 parameters; see :mod:`layerwise.optim.parts`).
         params: parameters or param groups (default: ``model.parameters()``); a layer's
             weight and bias must be in the same group.
+        maximize: ascend instead of descend (the gradient is negated), as ``torch.optim``.
         exact: per-batch factors (``accumulation="latest"``), statistics and inverses every
             step, damping 0 unless given, ``ggn`` curvature unless given, full precision; a
             singular factor raises :class:`~layerwise.optim.matrix.DecompositionError` instead
@@ -191,6 +192,7 @@ class KFAC(LayerwiseOptimizer):
         max_preconditioner_dim: int = 8192,
         precondition_dtype: str | None = AUTO,
         params: Iterable[Any] | None = None,
+        maximize: bool = False,
         exact: bool = False,
     ) -> None:
         loss = loss_name(loss)
@@ -242,6 +244,7 @@ class KFAC(LayerwiseOptimizer):
             clipping=Clipping(kl_clip=group["kl_clip"], max_update_norm=group["max_update_norm"]),
             adam=adam_path(group),
             weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
             # Exact mode: a singular factor is an error, not a silently kept old inverse.
             failures=FailurePolicy(max_consecutive_failures=0 if group["exact"] else None),
         )

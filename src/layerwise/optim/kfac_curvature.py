@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import enum
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,7 +77,7 @@ def second_moment(rows: Tensor, kind: Side, scale: float) -> Tensor:
     layer). So the products are formed from unit-scaled rows (:func:`_unit_rows`) and the
     result is scaled back; no synchronization.
     """
-    rows, exponent = _unit_rows(rows)
+    rows, exponent = _unit_rows(rows.to(_factor_dtype(rows.dtype)))
     scale_back = torch.exp2(2 * exponent) * scale
     match kind:
         case Side.DENSE:
@@ -87,6 +88,11 @@ def second_moment(rows: Tensor, kind: Side, scale: float) -> Tensor:
             return rows.square().sum().mul_(scale_back)
         case other:
             raise ValueError(f"unknown factor kind {other!r}")
+
+
+def _factor_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Factors of bf16 / fp16 rows are formed in float32 (see ``kronecker.statistics_dtype``)."""
+    return dtype if dtype.itemsize >= 4 else torch.float32
 
 
 def _unit_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,7 +127,8 @@ def accumulate_row_products(
     in-place ``addmm`` of the unit-scaled rows (:func:`_unit_rows`: the denormal guard of
     :func:`second_moment`) whose BLAS scalar carries the scale back: no increment is
     materialized and no extra pass is made over S. One synchronization (the exponent)."""
-    rows, exponent = _unit_rows(increment.rows)
+    # Factors accumulate in their own dtype whatever autocast or bf16 layers made the rows.
+    rows, exponent = _unit_rows(increment.rows.to(statistic.dtype))
     weight = alpha * increment.scale * 2.0 ** (2 * int(exponent))
     if increment.kind is Side.DENSE:
         statistic.addmm_(rows.mT, rows, beta=beta, alpha=weight)
@@ -245,6 +252,10 @@ def _stacked(rows: list[Tensor]) -> Tensor:
     return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
+#: How many forward passes without a backward pass before a step draw a warning (their
+#: captured inputs are kept until the step).
+_PENDING_WARNING = 16
+
 #: For a layer: which factors the coming step needs, (output side, input side); ``Side.NONE``:
 #: not needed.
 FactorNeeds = SideLayout
@@ -252,14 +263,17 @@ FactorNeeds = SideLayout
 
 @dataclass
 class LayerCapture:
-    """What the hooks saw of one layer since the model's last forward pass."""
+    """What the hooks saw of one layer since the last optimizer step, by forward pass
+    (``generation``): inputs, output gradients (empirical) or graph outputs (ggn /
+    mc_fisher, until their backward pass), and the output factor of each backward pass with
+    the number of samples it came from."""
 
     layer: Layer
     kinds: FactorNeeds
-    inputs: list[Tensor] = field(default_factory=list)
-    outputs: list[Tensor] = field(default_factory=list)  # graph tensors (ggn / mc_fisher)
-    output_grads: list[Tensor] = field(default_factory=list)  # empirical
-    output_factor: Tensor | None = None  # ggn / mc_fisher, computed during backward
+    inputs: list[tuple[int, Tensor]] = field(default_factory=list)
+    outputs: list[tuple[int, Tensor]] = field(default_factory=list)
+    output_grads: list[Tensor] = field(default_factory=list)
+    output_factors: list[tuple[int, Tensor]] = field(default_factory=list)
 
 
 class CurvatureCapture:
@@ -269,11 +283,18 @@ class CurvatureCapture:
     ``needs(layer)`` is asked at each forward pass which factors the next optimizer step will
     use; nothing is captured for a layer that needs none (not a statistics step).
 
+    Gradient accumulation: the factors cover every forward pass whose backward pass reached
+    the model output since the last :meth:`clear` (the optimizer step), weighted by their rows
+    (:math:`A` over all input rows, :math:`B` over all samples), so that micro-batches give
+    the factors of their union — when, as usual, each micro-batch's mean loss is divided by
+    the number of micro-batches (the accumulated gradient is then the batch mean). A forward
+    pass that is never back-propagated (evaluation under gradients) does not count.
+
     ``statistics_batch``: the factors are estimated from the first this-many samples of each
-    batch (all of them if ``None``), rescaled so that they estimate the same expectations:
-    with k of n samples, :math:`A = \frac1{R_k}\sum_{r \le R_k} \bar a_r \bar a_r^\top` and
-    :math:`B = \frac1k \sum_{i \le k} g_i g_i^\top`. The factor products then cost as at batch
-    k. (The ``ggn`` / ``mc_fisher`` backward passes still run on the whole batch.)
+    (micro-)batch (all of them if ``None``), rescaled so that they estimate the same
+    expectations: with k of n samples, :math:`A = \frac1{R_k}\sum_{r \le R_k} \bar a_r \bar
+    a_r^\top` and :math:`B = \frac1k \sum_{i \le k} g_i g_i^\top`. The factor products then cost
+    as at batch k. (The ``ggn`` / ``mc_fisher`` backward passes still run on the whole batch.)
     """
 
     def __init__(
@@ -295,10 +316,11 @@ class CurvatureCapture:
         self.generator = generator
         self._needs = needs
         self._captures: dict[Layer, LayerCapture] = {}
-        self._model_output: Tensor | None = None
         self._generation = 0
+        #: Batch size of each forward pass since the last step, and those back-propagated.
+        self._batch_sizes: dict[int, int] = {}
+        self._backwarded: set[int] = set()
         self._in_curvature_pass = False
-        self.batch_size: int | None = None
         self._handles = [model.register_forward_pre_hook(self._on_model_input)]
         for layer in layers:
             self._handles.append(layer.register_forward_hook(self._on_layer_forward))
@@ -311,8 +333,10 @@ class CurvatureCapture:
         self.clear()
 
     def clear(self) -> None:
+        """Forget everything captured (after an optimizer step)."""
         self._captures = {}
-        self._model_output = None
+        self._batch_sizes = {}
+        self._backwarded = set()
 
     def capture(self, layer: Layer) -> LayerCapture | None:
         return self._captures.get(layer)
@@ -322,10 +346,10 @@ class CurvatureCapture:
     ) -> list[Tensor | RowProducts | None]:
         """The factor increments ``[B, A]`` of ``layer`` from what was captured (module
         docstring): row products for the input side and the empirical output side, tensors
-        for the ``ggn`` / ``mc_fisher`` output side (summed during the backward pass);
+        for the ``ggn`` / ``mc_fisher`` output side (formed during the backward passes);
         ``bias``: append the constant 1 to the input rows."""
         capture = self._captures.get(layer)
-        if capture is None or capture.kinds != kinds:
+        if capture is None or capture.kinds != kinds or not self._backwarded:
             raise RuntimeError(
                 f"KFAC: no factors were captured for {layer}; run the model's forward and the "
                 "loss's backward pass (with gradients enabled) before step()"
@@ -333,27 +357,42 @@ class CurvatureCapture:
         output_kind, input_kind = kinds
         increments: list[Tensor | RowProducts | None] = [None, None]
         if input_kind is not Side.NONE:
-            rows = _stacked([input_rows(layer, self._sampled(layer, a)) for a in capture.inputs])
+            rows = _stacked(
+                [
+                    input_rows(layer, self._sampled(layer, a))
+                    for generation, a in capture.inputs
+                    if generation in self._backwarded
+                ]
+            )
             if bias:
                 rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
             increments[1] = RowProducts(rows, input_kind, 1.0 / rows.shape[0])
         if output_kind is Side.NONE:
             return increments
         if self.curvature is Curvature.EMPIRICAL:
-            if not capture.output_grads or self.batch_size is None:
+            if not capture.output_grads:
                 raise RuntimeError(f"KFAC: no output gradient was captured for {layer}")
             grads = [output_rows(layer, self._sampled(layer, g)) for g in capture.output_grads]
-            # The captured gradients are those of the mean loss, (1/n) ∂ℓ_i/∂s: B is
-            # n²/k Σ_{i ≤ k} (∂ℓ_i/∂s / n)(…)ᵀ for the k samples used.
-            n = self.batch_size
-            increments[0] = RowProducts(_stacked(grads), output_kind, n * n / self._samples(n))
-        elif capture.output_factor is None:
+            # The captured gradients are those of the mean loss over all samples of the step,
+            # (1/N) ∂ℓ_i/∂s: B is N²/k Σ_{i ≤ k} (∂ℓ_i/∂s / N)(…)ᵀ for the k samples used.
+            sizes = [self._batch_sizes[g] for g in sorted(self._backwarded)]
+            total = sum(sizes)
+            used = sum(self._samples(n) for n in sizes)
+            increments[0] = RowProducts(_stacked(grads), output_kind, total * total / used)
+        elif not capture.output_factors:
             raise RuntimeError(
                 f"KFAC: the {self.curvature.value} backward pass did not reach {layer}; was the "
-                "loss computed from the model's output?"
+                "loss computed from the model's output? (A compiled model hides its layers' "
+                "outputs from autograd: use curvature='empirical' with torch.compile.)"
             )
-        else:
-            increments[0] = capture.output_factor
+        elif len(capture.output_factors) == 1:
+            increments[0] = capture.output_factors[0][1]
+        else:  # micro-batches: the factors' average weighted by their samples
+            used = sum(samples for samples, _ in capture.output_factors)
+            increments[0] = sum(
+                (factor * (samples / used) for samples, factor in capture.output_factors),
+                start=torch.zeros_like(capture.output_factors[0][1]),
+            )
         return increments
 
     def _samples(self, batch: int) -> int:
@@ -375,10 +414,18 @@ class CurvatureCapture:
 
     def _on_model_input(self, module: nn.Module, args: tuple) -> None:
         # A forward pass under no_grad (evaluation between backward and step) leaves the
-        # captures of the training pass alone.
+        # captures alone.
         if self._recording():
-            self.clear()
             self._generation += 1
+            pending = len(self._batch_sizes) - len(self._backwarded)
+            if pending == _PENDING_WARNING:
+                warnings.warn(
+                    f"KFAC: {pending} forward passes with gradients enabled since the last "
+                    "step() were not back-propagated; their captured inputs are kept until "
+                    "step(). Run evaluation under torch.no_grad().",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def _on_layer_forward(self, layer: Layer, args: tuple, output: Tensor) -> None:
         if not self._recording() or not output.requires_grad:
@@ -391,13 +438,13 @@ class CurvatureCapture:
             capture = self._captures[layer] = LayerCapture(layer, kinds)
         output_kind, input_kind = capture.kinds
         if input_kind is not Side.NONE:
-            capture.inputs.append(args[0].detach())
+            capture.inputs.append((self._generation, args[0].detach()))
         if output_kind is Side.NONE:
             return
         if self.curvature is Curvature.EMPIRICAL:
             output.register_hook(lambda grad, capture=capture: self._on_output_grad(capture, grad))
         else:
-            capture.outputs.append(output)
+            capture.outputs.append((self._generation, output))
 
     def _on_output_grad(self, capture: LayerCapture, grad: Tensor) -> None:
         capture.output_grads.append(grad.detach())
@@ -405,36 +452,39 @@ class CurvatureCapture:
     def _on_model_output(self, module: nn.Module, args: tuple, output: object) -> None:
         if not self._recording() or not isinstance(output, Tensor) or not output.requires_grad:
             return
-        self.batch_size = output.shape[0]
-        if self.curvature is Curvature.EMPIRICAL:
-            return
-        if not any(capture.outputs for capture in self._captures.values()):
-            return
-        if output.ndim != 2:
+        generation = self._generation
+        self._batch_sizes[generation] = output.shape[0]
+        pending = self.curvature is not Curvature.EMPIRICAL and any(
+            g == generation for capture in self._captures.values() for g, _ in capture.outputs
+        )
+        if pending and output.ndim != 2:
             raise ValueError(
                 f"KFAC curvature={self.curvature.value!r} needs a model output of shape "
                 f"(batch, outputs); got {tuple(output.shape)}"
             )
-        self._model_output = output
-        generation = self._generation
-        output.register_hook(lambda grad: self._on_model_output_grad(generation))
+        output.register_hook(
+            lambda grad: self._on_model_output_grad(generation, output if pending else None)
+        )
 
-    def _on_model_output_grad(self, generation: int) -> None:
-        output = self._model_output
-        # The inner torch.autograd.grad calls reach this hook again; a later forward pass
-        # makes this one stale.
-        if self._in_curvature_pass or generation != self._generation or output is None:
+    def _on_model_output_grad(self, generation: int, output: Tensor | None) -> None:
+        # The inner torch.autograd.grad calls reach this hook again.
+        if self._in_curvature_pass or generation not in self._batch_sizes:
+            return
+        self._backwarded.add(generation)
+        if output is None:
             return
         self._in_curvature_pass = True
         try:
-            self._curvature_backward(output)
+            self._curvature_backward(output, generation)
         finally:
             self._in_curvature_pass = False
-            self._model_output = None
 
-    def _curvature_backward(self, output: Tensor) -> None:
-        captures = [c for c in self._captures.values() if c.outputs]
-        tensors = [s for c in captures for s in c.outputs]
+    def _curvature_backward(self, output: Tensor, generation: int) -> None:
+        captures = [
+            c for c in self._captures.values() if any(g == generation for g, _ in c.outputs)
+        ]
+        tensors = [[t for g, t in c.outputs if g == generation] for c in captures]
+        flat = [t for group in tensors for t in group]
         values = output.detach()
         samples = self._samples(values.shape[0])
         if self.curvature is Curvature.GGN:
@@ -446,16 +496,15 @@ class CurvatureCapture:
                 for _ in range(self.mc_samples)
             ]
             scale = 1.0 / (samples * self.mc_samples)
-        for capture in captures:
-            capture.output_factor = None
+        factors: list[Tensor | None] = [None] * len(captures)
         for vector in vectors:
             grads = torch.autograd.grad(
-                output, tensors, grad_outputs=vector, retain_graph=True, allow_unused=True
+                output, flat, grad_outputs=vector, retain_graph=True, allow_unused=True
             )
             position = 0
-            for capture in captures:
-                pieces = grads[position : position + len(capture.outputs)]
-                position += len(capture.outputs)
+            for index, (capture, group) in enumerate(zip(captures, tensors, strict=True)):
+                pieces = grads[position : position + len(group)]
+                position += len(group)
                 rows = [
                     output_rows(capture.layer, self._sampled(capture.layer, g))
                     for g in pieces
@@ -463,12 +512,11 @@ class CurvatureCapture:
                 ]
                 if not rows:
                     continue
-                kind = capture.kinds[0]
-                increment = second_moment(_stacked(rows), kind, scale)
-                if capture.output_factor is None:
-                    capture.output_factor = increment
-                else:
-                    capture.output_factor.add_(increment)
-        for capture in captures:
+                increment = second_moment(_stacked(rows), capture.kinds[0], scale)
+                factor = factors[index]
+                factors[index] = increment if factor is None else factor.add_(increment)
+        for capture, factor in zip(captures, factors, strict=True):
+            if factor is not None:
+                capture.output_factors.append((samples, factor))
             # The graph tensors are not needed any more; let the graph be freed.
-            capture.outputs = []
+            capture.outputs = [(g, t) for g, t in capture.outputs if g != generation]

@@ -183,8 +183,10 @@ def polar_svd(m: Tensor) -> Tensor:
     For a rank-deficient ``m`` the factor is not unique; this returns the one from the SVD's
     singular vectors, which maps the null space to zero only up to round-off.
     """
-    u, _, vh = torch.linalg.svd(m, full_matrices=False)
-    return u @ vh
+    # No bf16 / fp16 SVD kernels: lower precisions are computed in float32.
+    work = m if m.dtype.itemsize >= 4 else m.float()
+    u, _, vh = torch.linalg.svd(work, full_matrices=False)
+    return (u @ vh).to(m.dtype)
 
 
 #: Quintic Newton–Schulz coefficients (a, b, c) of Jordan et al.'s Muon (2024): chosen to push

@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from layerwise.optim.base import PRECISION_MODE, LayerwiseOptimizer, ModeDefault, adam_path, knobs
+from layerwise.optim.base import PRECISION_MODE, LayerwiseOptimizer, ModeDefault, knobs
 from layerwise.optim.kronecker import AUTO
 from layerwise.optim.matrix import NEWTON_SCHULZ_QUINTIC
 from layerwise.optim.parts import Parts
-from layerwise.optim.policies import FirstMoment, UpdateScale
+from layerwise.optim.policies import AdamPath, FirstMoment, UpdateScale
 from layerwise.optim.transforms import Orthogonalize
 
 #: The name checkpoints of earlier versions pickled the shape-scale enum under.
@@ -48,8 +48,11 @@ class Muon(LayerwiseOptimizer):
             dtype) or a dtype name; see :mod:`layerwise.optim.parts`.
         scale: ``"shape"``, ``"rms"`` or ``"none"``
             (:class:`~layerwise.optim.policies.UpdateScale`).
-        adam_lr_ratio, betas, eps: the Adam path for non-matrix parameters, at learning rate
-            ``lr * adam_lr_ratio`` (default 0.05: 1e-3 at the default lr).
+        adam_lr_ratio, adam_betas, eps: the Adam path for non-matrix parameters, at learning
+            rate ``lr * adam_lr_ratio`` (default 0.05: 1e-3 at the default lr). The Adam betas
+            are not called ``betas``, so that a momentum-cycling scheduler (``OneCycleLR``,
+            ``CyclicLR``) cycles ``momentum``, the matrix momentum.
+        maximize: ascend instead of descend (the gradient is negated), as ``torch.optim``.
         exact: exact polar factor by SVD.
 
     Example:
@@ -61,7 +64,7 @@ class Muon(LayerwiseOptimizer):
         "ns_dtype": PRECISION_MODE,
         "polar": ModeDefault("newton_schulz", "svd"),
     }
-    RENAMED_KNOBS: ClassVar[dict[str, str]] = {"muon_momentum": "momentum"}
+    RENAMED_KNOBS: ClassVar[dict[str, str]] = {"muon_momentum": "momentum", "betas": "adam_betas"}
 
     def __init__(
         self,
@@ -77,8 +80,9 @@ class Muon(LayerwiseOptimizer):
         ns_dtype: str | None = AUTO,
         scale: str = "shape",
         adam_lr_ratio: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
+        adam_betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
+        maximize: bool = False,
         exact: bool = False,
     ) -> None:
         super().__init__(params, knobs(locals()))
@@ -97,8 +101,11 @@ class Muon(LayerwiseOptimizer):
                 beta=group["momentum"], nesterov=group["nesterov"], bias_correction=False
             ),
             scale=group["scale"],
-            adam=adam_path(group),
+            adam=AdamPath(
+                betas=group["adam_betas"], eps=group["eps"], lr_ratio=group["adam_lr_ratio"]
+            ),
             weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
         )
 
 

@@ -75,7 +75,8 @@ class Parts:
     longer sides keep a diagonal statistic. ``first_moment``, ``graft``, ``scale``,
     ``heavy_ball``, ``clipping``, ``adam``, ``failures``: the shell's policies
     (:mod:`layerwise.optim.policies`). ``weight_decay``: decoupled,
-    :math:`W \\leftarrow (1 - \\eta\\lambda) W`.
+    :math:`W \\leftarrow (1 - \\eta\\lambda) W`. ``maximize``: ascend (every part sees the
+    negated gradient, as in ``torch.optim``).
     """
 
     transform: Transform
@@ -94,6 +95,7 @@ class Parts:
     clipping: Clipping | None = None
     adam: AdamPath = field(default_factory=AdamPath)
     weight_decay: float = 0.0
+    maximize: bool = False
     failures: FailurePolicy = field(default_factory=FailurePolicy)
 
     def __post_init__(self) -> None:

@@ -67,6 +67,7 @@ class Shampoo(LayerwiseOptimizer):
             ``"auto"`` (bf16 for float32 parameters, their own dtype otherwise), ``None``
             (always the parameters' dtype) or a dtype name; see :mod:`layerwise.optim.parts`.
         adam_lr_ratio: the Adam path's learning rate is ``lr * adam_lr_ratio``.
+        maximize: ascend instead of descend (the gradient is negated), as ``torch.optim``.
         exact: the exact mode of the module docstring.
 
     Example:
@@ -105,6 +106,7 @@ class Shampoo(LayerwiseOptimizer):
         root: float | None = None,
         precondition_dtype: str | None = AUTO,
         adam_lr_ratio: float = 1.0,
+        maximize: bool = False,
         exact: bool = False,
     ) -> None:
         super().__init__(params, knobs(locals()))
@@ -139,6 +141,7 @@ class Shampoo(LayerwiseOptimizer):
             ),
             adam=adam_path(group),
             weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
         )
 
 

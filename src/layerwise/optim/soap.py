@@ -55,6 +55,7 @@ class SOAP(LayerwiseOptimizer):
         precondition_dtype: precision of the rotation back out of the eigenbasis (``"auto"``:
             bf16 for float32 parameters; see :mod:`layerwise.optim.parts`).
         adam_lr_ratio: the Adam path's learning rate is ``lr * adam_lr_ratio``.
+        maximize: ascend instead of descend (the gradient is negated), as ``torch.optim``.
         exact: recompute the eigenbases at every step, in full precision.
 
     Example:
@@ -84,6 +85,7 @@ class SOAP(LayerwiseOptimizer):
         max_preconditioner_dim: int = 10000,
         precondition_dtype: str | None = AUTO,
         adam_lr_ratio: float = 1.0,
+        maximize: bool = False,
         exact: bool = False,
     ) -> None:
         super().__init__(params, knobs(locals()))
@@ -111,4 +113,5 @@ class SOAP(LayerwiseOptimizer):
             first_moment=FirstMoment(beta=beta1),
             adam=adam_path(group),
             weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
         )

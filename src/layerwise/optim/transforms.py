@@ -279,6 +279,9 @@ class EigenbasisAdam(Transform):
     def apply(self, state: dict[str, Any], direction: Tensor, *, grad: Tensor, step: int) -> Tensor:
         left, right = (state.get(key) for key in PRECONDITIONER_KEYS)
         exp_avg_sq: Tensor = state[EIGENBASIS_EXP_AVG_SQ]
+        result_dtype = direction.dtype
+        # Low-precision parameters rotate and normalize in the moments' precision.
+        grad, direction = grad.to(exp_avg_sq.dtype), direction.to(exp_avg_sq.dtype)
         rotated_grad = two_sided(left, grad, right, transpose=True)
         exp_avg_sq.mul_(self.beta2).addcmul_(rotated_grad, rotated_grad, value=1.0 - self.beta2)
         bias_correction = 1.0 - self.beta2**step
@@ -290,10 +293,11 @@ class EigenbasisAdam(Transform):
             rotated = self._rotated_first_moment(
                 state, left, right, direction, rotated_grad, beta1, step
             )
-        dtype = self.resolved_dtype(direction.dtype)
-        return two_sided(
+        dtype = self.resolved_dtype(result_dtype)
+        result = two_sided(
             _in_dtype(left, dtype), rotated / denominator, _in_dtype(right, dtype), transpose=False
         )
+        return result.to(result_dtype)
 
     @staticmethod
     def _rotated_first_moment(
