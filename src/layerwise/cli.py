@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from layerwise.experiments import registry
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="registered experiments, their configs and claims")
 
     run = commands.add_parser("run", help="run one experiment's config")
-    run.add_argument("name", help="experiment name (configs/NAME.yaml)")
+    run.add_argument("name", help="experiment name (its config is NAME.yaml)")
     _add_execution_options(run)
     run.add_argument(
         "--set",
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field (dotted path, YAML value), e.g. settings.d=64",
     )
-    run.add_argument("--config", help="config file (default: search configs/NAME.yaml)")
+    run.add_argument(
+        "--config",
+        help="config file (default: ./configs/NAME.yaml if present, else the packaged one)",
+    )
 
     report = commands.add_parser("report", help="figures, claims and report of an output folder")
     report.add_argument("dir", help="output folder of `layerwise run` / `reproduce`")
@@ -138,8 +142,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def _prepare(name: str, args: argparse.Namespace, explicit: str | None = None) -> ResolvedConfig:
-    path = find_config(name, explicit)
+def _prepare(name: str, args: argparse.Namespace, path: Path | Traversable) -> ResolvedConfig:
     config = load_config(path, quick=args.quick, overrides=_overrides(args))
     if config.experiment.name != name:
         raise ConfigError(
@@ -183,7 +186,7 @@ def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int
 
 def command_run(args: argparse.Namespace) -> int:
     try:
-        config = _prepare(args.name, args, args.config)
+        config = _prepare(args.name, args, find_config(args.name, args.config))
     except ConfigError as error:
         return _refuse(error)
     return _execute([config], args)
@@ -214,7 +217,7 @@ def command_reproduce(args: argparse.Namespace) -> int:
             print(f"{name}: no config found, skipped")
             continue
         try:
-            configs.append(_prepare(name, args, str(path)))
+            configs.append(_prepare(name, args, path))
         except ConfigError as error:
             return _refuse(error)
     if not configs:

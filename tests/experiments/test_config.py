@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
 
 from layerwise import cli
 from layerwise.experiments import config as config_module
+from layerwise.experiments import registry
 from layerwise.experiments.config import (
     ConfigError,
     apply_override,
@@ -86,10 +90,10 @@ def test_yaml_reads_exponent_floats_and_refuses_duplicate_keys():
         parse_yaml("settings:\n  d: 1\n  d: 2\n", "x")
 
 
-def test_find_config_searches_explicit_then_cwd_then_the_repository(tmp_path, monkeypatch):
+def test_find_config_searches_explicit_then_cwd_then_the_package(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    repo_config = config_module._repo_configs_dir() / "mlp-optimizers.yaml"
-    assert find_config("mlp-optimizers") == repo_config
+    packaged = resources.files("layerwise") / "configs" / "mlp-optimizers.yaml"
+    assert find_config("mlp-optimizers") == packaged
     local = tmp_path / "configs" / "mlp-optimizers.yaml"
     local.parent.mkdir()
     local.write_text("experiment: mlp-optimizers\n")
@@ -99,6 +103,27 @@ def test_find_config_searches_explicit_then_cwd_then_the_repository(tmp_path, mo
     assert find_config("mlp-optimizers", explicit) == explicit
     with pytest.raises(ConfigError, match="no config for experiment 'nope'"):
         find_config("nope")
+
+
+def test_every_registered_experiment_ships_a_quick_and_a_full_config(tmp_path, monkeypatch):
+    # From a folder without configs/, as after `pip install .`: the packaged ones are found.
+    monkeypatch.chdir(tmp_path)
+    names = sorted(registry.experiments())
+    assert names
+    for name in names:
+        path = find_config(name)
+        assert path == config_module.packaged_configs() / f"{name}.yaml"
+        for quick in (False, True):
+            assert load_config(path, quick=quick).experiment.name == name
+    shipped = {entry.name for entry in config_module.packaged_configs().iterdir()}
+    assert shipped == {f"{name}.yaml" for name in names}  # no config without an experiment
+
+
+def test_the_configs_are_package_data():
+    # A regular (non-editable) `pip install .` installs only what pyproject declares.
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    setuptools = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]
+    assert "configs/*.yaml" in setuptools["package-data"]["layerwise"]
 
 
 # Each bad input: (changes to the toy config or raw text, extra CLI args, expected fragments).

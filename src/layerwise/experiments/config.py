@@ -1,4 +1,5 @@
-"""Experiment configs: YAML files under ``configs/``, validated before anything runs.
+"""Experiment configs: YAML files shipped in ``layerwise/configs/`` (or a user's own in
+``./configs/``, or any file given with ``--config``), validated before anything runs.
 
 A config file::
 
@@ -29,6 +30,8 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from layerwise.experiments import registry
 from layerwise.experiments.registry import Experiment, MethodSpec, Problem
+
+#: The folder, relative to the working directory, whose ``NAME.yaml`` overrides a packaged config.
+LOCAL_CONFIGS = "configs"
 
 #: Keys a ``quick`` block may override.
 QUICK_KEYS = ("settings", "grid", "methods", "seeds")
@@ -55,34 +61,40 @@ class ConfigError(ValueError):
 # Finding and reading files
 
 
-def find_config(name: str, explicit: str | Path | None = None) -> Path:
+def find_config(name: str, explicit: str | Path | None = None) -> Path | Traversable:
     """The config file of experiment ``name``.
 
-    Searched in order: ``explicit`` (a ``--config`` path), ``./configs/NAME.yaml``, then
-    ``configs/NAME.yaml`` in the source tree above the installed package (editable installs).
-    Raises :class:`ConfigError` naming every place looked at.
+    Searched in order: ``explicit`` (a ``--config`` path), ``./configs/NAME.yaml`` (a user's own
+    override in the working folder), then the config shipped with the package
+    (``layerwise/configs/NAME.yaml``, read with :mod:`importlib.resources`). Raises
+    :class:`ConfigError` naming every place looked at.
     """
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(str(path), "", "config file not found")
         return path
-    candidates = [Path.cwd() / "configs" / f"{name}.yaml", _repo_configs_dir() / f"{name}.yaml"]
+    candidates = [directory / f"{name}.yaml" for directory in config_search_dirs()]
     for path in candidates:
         if path.is_file():
             return path
-    looked = ", ".join(str(path) for path in dict.fromkeys(candidates))
+    looked = ", ".join(str(path) for path in candidates)
     raise ConfigError(f"{name}.yaml", "", f"no config for experiment {name!r} (looked in {looked})")
 
 
-def config_search_dirs() -> list[Path]:
+def config_search_dirs() -> list[Path | Traversable]:
     """The directories :func:`find_config` searches (without ``--config``), in order."""
-    return list(dict.fromkeys([Path.cwd() / "configs", _repo_configs_dir()]))
+    return [Path.cwd() / LOCAL_CONFIGS, packaged_configs()]
 
 
-def _repo_configs_dir() -> Path:
-    # src/layerwise/experiments/config.py -> the repository root is three levels above the package.
-    return Path(__file__).resolve().parents[3] / "configs"
+def packaged_configs() -> Traversable:
+    """The configs shipped with the package: ``layerwise/configs/`` (package data).
+
+    A real directory for every installed or editable package on a file system; for other
+    loaders (a zip) a :class:`~importlib.resources.abc.Traversable` that :func:`load_config`
+    reads too.
+    """
+    return resources.files("layerwise") / "configs"
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -115,8 +127,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(source, "", f"invalid YAML: {error}") from None
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    data = parse_yaml(path.read_text(), str(path))
+def read_config_file(path: Path | Traversable) -> dict[str, Any]:
+    data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     if not isinstance(data, dict):
         raise ConfigError(str(path), "", f"expected a mapping at the top level, got {data!r}")
     return data
@@ -293,11 +305,11 @@ class ResolvedConfig:
 
 
 def load_config(
-    path: str | Path, *, quick: bool = False, overrides: Sequence[str] = ()
+    path: str | Path | Traversable, *, quick: bool = False, overrides: Sequence[str] = ()
 ) -> ResolvedConfig:
     """Read, merge (``quick``, then each ``--set`` override) and validate a config file."""
     source = str(path)
-    data = read_config_file(Path(path))
+    data = read_config_file(Path(path) if isinstance(path, str) else path)
     return resolve_config(data, source=source, quick=quick, overrides=overrides)
 
 

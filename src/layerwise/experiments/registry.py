@@ -9,8 +9,9 @@ hyperparameters). An *experiment* belongs to one problem and declares
 - ``claims``: functions from the experiment's stored table to a :class:`Verdict`;
 - ``figures``: functions from the stored table to matplotlib figures.
 
-Configs (``configs/NAME.yaml``) are validated against the problem's models before anything
-runs, so a misspelt field or an impossible value never reaches a run function.
+Configs (``NAME.yaml``, see :mod:`layerwise.experiments.config`) are validated against the
+problem's models before anything runs, so a misspelt field or an impossible value never
+reaches a run function.
 
 Problems register themselves when their ``experiments`` module is imported; the modules are
 listed in :data:`EXPERIMENT_MODULES` and imported lazily by :func:`load_all`.

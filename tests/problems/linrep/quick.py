@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import pandas as pd
 
-from layerwise.experiments.config import load_config
+from layerwise.experiments.config import load_config, packaged_configs
 from layerwise.experiments.runner import plan_runs
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = packaged_configs()
 
 
 @cache
 def _run_quick(name: str) -> tuple[pd.DataFrame, object]:
-    """The concatenated rows of every planned run of ``configs/NAME.yaml`` with ``--quick``,
+    """The concatenated rows of every planned run of the packaged ``NAME.yaml`` with ``--quick``,
     with the runner's grid columns and run ids added, and the resolved config."""
     config = load_config(CONFIGS / f"{name}.yaml", quick=True)
     tables = []
