@@ -172,6 +172,12 @@ class GradientSource:
         """Nothing depends on the groups."""
 
 
+def _compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is ``torch.compile(module)`` or was compiled in place
+    (``module.compile()``)."""
+    return hasattr(model, "_orig_mod") or getattr(model, "_compiled_call_impl", None) is not None
+
+
 #: ``state_dict()`` entry holding the ``mc_fisher`` sampler's generator state.
 GENERATOR_STATE = "kfac_generator_state"
 
@@ -195,6 +201,12 @@ class LayerFactorSource(GradientSource):
         parts_of: PartsOf,
         state_of: Callable[[nn.Parameter], dict[str, Any]],
     ) -> None:
+        if factors.curvature is not Curvature.EMPIRICAL and _compiled(model):
+            raise ValueError(
+                f"KFAC curvature={factors.curvature.value!r} back-propagates to the layers' "
+                "outputs, which a compiled model (torch.compile) hides from autograd; use "
+                "curvature='empirical' with a compiled model"
+            )
         self.factors = factors
         self._parts_of = parts_of
         self._state_of = state_of
