@@ -102,7 +102,8 @@ def test_conv_factors_and_step_match_the_expand_definition(curvature, loss):
 
 def test_grouped_convolution_takes_the_adam_path():
     model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(36, 2))
-    opt = KFAC(model, loss="mse")
+    with pytest.warns(UserWarning, match="grouped convolution"):
+        opt = KFAC(model, loss="mse")
     x = torch.randn(3, 2, 5, 5)
     opt.zero_grad()
     functional.mse_loss(model(x), torch.zeros(3, 2)).backward()

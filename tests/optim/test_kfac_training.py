@@ -197,14 +197,36 @@ def test_trains_a_small_mlp(curvature, loss):
     assert opt.failure_counts() == {kr.FAILED_REFRESHES: 0, "skipped_steps": 0}
 
 
-def test_parameters_of_one_layer_must_share_a_group():
+def test_biases_in_their_own_group_stay_folded_and_take_their_groups_settings():
+    """The usual "no weight decay on biases" groups: the bias stays folded into its layer's
+    block (same factors, same direction), and only the weights decay."""
+    torch.manual_seed(0)
     model = mlp(9)
-    with pytest.raises(ValueError, match="same param group"):
-        KFAC(
-            model,
-            loss="mse",
-            params=[{"params": [model[0].weight]}, {"params": [model[0].bias], "lr": 1.0}],
-        )
+    twin = copy.deepcopy(model)
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    lr, decay = 0.1, 0.5
+    grouped = KFAC(
+        model,
+        lr=lr,
+        loss="mse",
+        params=[{"params": weights, "weight_decay": decay}, {"params": biases}],
+    )
+    single = KFAC(twin, lr=lr, loss="mse")
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randn(16, model[-1].out_features, dtype=torch.float64)
+    before = [p.detach().clone() for p in model.parameters()]
+    for m, optimizer in ((model, grouped), (twin, single)):
+        optimizer.zero_grad()
+        functional.mse_loss(m(x), y).backward()
+        optimizer.step()
+    for (name, p), q, start in zip(
+        model.named_parameters(), twin.parameters(), before, strict=True
+    ):
+        expected = q - lr * decay * start if name.endswith("weight") else q
+        torch.testing.assert_close(p, expected, rtol=1e-12, atol=1e-14, msg=name)
+    assert kr.LEFT_STATISTIC in grouped.state[model[0].weight]
+    assert model[0].bias not in grouped.state  # folded: its state lives on the weight
     assert copy.deepcopy(KFAC(mlp(9), loss="mse").defaults)["exact"] is False
 
 

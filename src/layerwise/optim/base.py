@@ -32,10 +32,11 @@ again before they are written, so no NaN reaches a parameter.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -49,6 +50,7 @@ from layerwise.optim.kronecker import (
     EXP_AVG,
     FAILED_REFRESHES,
     SKIPPED_STEPS,
+    STATISTIC_KEYS,
     STATISTICS_UPDATES,
     STEP,
     init_statistics,
@@ -180,7 +182,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     CHANGED_DEFAULTS: ClassVar[dict[str, tuple[Any, Any]]] = {}
 
     def __init__(
-        self, params: Iterable[Any], defaults: dict[str, Any], *, model: nn.Module | None = None
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        model: nn.Module | None = None,
+        skip_layers: Sequence[str | type] = (),
     ) -> None:
         self._parts_cache: dict[int, tuple[dict[str, Any], Parts]] = {}
         # The optimizer's own knobs (torch.optim adds entries of its own to ``defaults``).
@@ -199,7 +206,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             if model is None:
                 raise ValueError("layer-factor statistics need the model (model=...)")
             self._source = LayerFactorSource(
-                model, factors[0], parts_of=self.parts, state_of=lambda p: self.state.get(p)
+                model,
+                factors[0],
+                parts_of=self.parts,
+                state_of=lambda p: self.state.get(p),
+                skip_layers=skip_layers,
             )
         self._source.index(self.param_groups)
 
@@ -217,6 +228,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             return cached[1]
         check_hyperparameters(group)
         parts = self.compose(group)
+        if group.get("preconditioned", True) is False:  # the routing knob every group may set
+            parts = dataclasses.replace(parts, preconditioned=False)
         self._parts_cache[id(group)] = (knobs, parts)
         return parts
 
@@ -317,8 +330,17 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._source.step_done()
         return loss
 
+    def _blocks(self, group: dict[str, Any], parts: Parts) -> list[Block]:
+        if parts.preconditioned:
+            return self._source.blocks(group)
+        return [
+            Block((p,), kronecker=False)
+            for p in group["params"]
+            if p.grad is not None and p.numel() > 0
+        ]
+
     def _step(self) -> None:
-        work = [(g, self.parts(g), self._source.blocks(g)) for g in self.param_groups]
+        work = [(g, self.parts(g), self._blocks(g, self.parts(g))) for g in self.param_groups]
         grads = [p.grad for _, _, blocks in work for b in blocks for p in b.params]
         if not grads:
             return
@@ -334,13 +356,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if not matrix.all_finite(checked):
             self._skip(work, "non-finite update")
             return
-        parts_of = {id(group): parts for group, parts, _ in work}
-        for (group, block, (tensor, factor)), scale in zip(updates, scales, strict=True):
-            parts = parts_of[id(group)]
-            lr = scalar(group["lr"])
-            if not block.kronecker:
-                lr *= parts.adam.lr_ratio
+        # Each parameter takes its own group's learning rate and weight decay (a folded bias
+        # may sit in another group than its weight).
+        group_of = {p: (g, parts) for g, parts, _ in work for p in g["params"]}
+        for (_, block, (tensor, factor)), scale in zip(updates, scales, strict=True):
             for param, piece in zip(block.params, block.split(tensor), strict=True):
+                group, parts = group_of[param]
+                lr = scalar(group["lr"])
+                if not block.kronecker:
+                    lr *= parts.adam.lr_ratio
                 if parts.weight_decay:
                     param.mul_(1.0 - lr * parts.weight_decay)
                 if isinstance(factor, Tensor):
@@ -414,12 +438,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if transform.uses_statistics and (step - 1) % parts.statistics_every == 0:
             with _phase(PROFILE_STATISTICS):
                 layout = parts.layout(tuple(grad.shape), scalar_sides=self._source.scalar_sides)
-                self._source.accumulate(
+                if self._source.accumulate(
                     block, state, grad, layout, parts.accumulation, parts.statistics_decay
-                )
-                state[STATISTICS_UPDATES] = state.get(STATISTICS_UPDATES, 0) + 1
+                ):
+                    state[STATISTICS_UPDATES] = state.get(STATISTICS_UPDATES, 0) + 1
         if transform.uses_statistics and (step - 1) % parts.refresh_every == 0:
             with _phase(PROFILE_REFRESH):
+                _reset_if_overflowed(state)
                 correction = parts.correction(state.get(STATISTICS_UPDATES, 0))
                 parts.failures.refresh(transform, state, correction=correction)
         return _Prepared(state, grad, first_moment, step)
@@ -543,6 +568,25 @@ class Layerwise(LayerwiseOptimizer):
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:
         return Parts.from_dict(group["parts"])
+
+
+def _reset_if_overflowed(state: dict[str, Any]) -> None:
+    """Statistics that overflowed (finite gradients whose squares exceed the format, e.g.
+    |g| > 1.8e19 in float32) would make every later refresh fail: they are restarted from zero,
+    with a warning and a counted failure."""
+    statistics = [state[key] for key in STATISTIC_KEYS if key in state]
+    if not statistics or matrix.all_finite(statistics):
+        return
+    for statistic in statistics:
+        statistic.zero_()
+    state[STATISTICS_UPDATES] = 0
+    state[FAILED_REFRESHES] += 1
+    warnings.warn(
+        "preconditioner statistics overflowed (gradients too large for their squares); they "
+        "restart from zero",
+        RuntimeWarning,
+        stacklevel=5,
+    )
 
 
 def _phase(name: str) -> contextlib.AbstractContextManager[Any]:

@@ -54,7 +54,7 @@ grouped convolutions) follow the Adam path of :mod:`layerwise.optim.base`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from torch import nn
@@ -134,8 +134,15 @@ class KFAC(LayerwiseOptimizer):
         max_preconditioner_dim: sides longer than this keep a diagonal factor.
         precondition_dtype: precision of the per-step products with the inverses (``"auto"``:
             bf16 for float32 parameters; see :mod:`layerwise.optim.parts`).
-        params: parameters or param groups (default: ``model.parameters()``); a layer's
-            weight and bias must be in the same group.
+        params: parameters or param groups (default: ``model.parameters()``). A layer's bias
+            may be in another group than its weight (e.g. without weight decay): it stays
+            folded into the weight's block and takes its own group's lr and weight decay. A
+            group with ``preconditioned=False`` takes the Adam path (embeddings, heads).
+        skip_layers: module names (as in ``model.named_modules()``, or a prefix up to a dot)
+            or module types whose parameters take the Adam path instead. Layers that cannot be
+            preconditioned (grouped convolutions, the projections inside
+            ``nn.MultiheadAttention``, which calls their weights directly) take it too, with a
+            warning naming them unless they are listed here.
         maximize: ascend instead of descend (the gradient is negated), as ``torch.optim``.
         exact: per-batch factors (``accumulation="latest"``), statistics and inverses every
             step, damping 0 unless given, ``ggn`` curvature unless given, full precision; a
@@ -192,15 +199,16 @@ class KFAC(LayerwiseOptimizer):
         max_preconditioner_dim: int = 8192,
         precondition_dtype: str | None = AUTO,
         params: Iterable[Any] | None = None,
+        skip_layers: Sequence[str | type] = (),
         maximize: bool = False,
         exact: bool = False,
     ) -> None:
         loss = loss_name(loss)
         curvature = Curvature(curvature or (Curvature.GGN if exact else Curvature.EMPIRICAL))
-        defaults = knobs(locals())
+        defaults = knobs({k: v for k, v in locals().items() if k != "skip_layers"})
         if params is None:
             params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, defaults, model=model)
+        super().__init__(params, defaults, model=model, skip_layers=skip_layers)
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:

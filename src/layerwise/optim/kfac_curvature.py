@@ -201,17 +201,21 @@ Layer = nn.Linear | nn.Conv2d
 
 
 def supports(module: nn.Module) -> bool:
-    """Whether KFAC preconditions ``module``: ``Layer``, and ``nn.Conv2d`` with one group,
-    zero padding given as numbers (other modules' parameters take the Adam path)."""
-    if isinstance(module, nn.Linear):
-        return True
-    if isinstance(module, nn.Conv2d):
-        return (
-            module.groups == 1
-            and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str)
-        )
-    return False
+    """Whether KFAC preconditions ``module``: ``nn.Linear``, and ``nn.Conv2d`` with one group
+    (any padding: numbers, ``"same"``, ``"valid"``, and every padding mode); the parameters of
+    other modules take the Adam path (:func:`unsupported_reason` says why for the layers a
+    user would expect to be preconditioned)."""
+    return unsupported_reason(module) is None and isinstance(module, nn.Linear | nn.Conv2d)
+
+
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why a linear or convolutional module is not preconditioned (``None``: it is, or it is
+    not such a module)."""
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return f"a grouped convolution (groups={module.groups}) has no single Kronecker factor pair"
+    if isinstance(module, nn.Conv1d | nn.Conv3d | nn.ConvTranspose2d):
+        return f"{type(module).__name__} is not supported (nn.Linear and nn.Conv2d are)"
+    return None
 
 
 def input_width(layer: Layer) -> int:
@@ -229,11 +233,18 @@ def input_rows(layer: Layer, inputs: Tensor) -> Tensor:
     """The layer inputs as rows ``(R, input_width)``: one per sample (and position)."""
     if isinstance(layer, nn.Conv2d):
         batched = inputs if inputs.ndim == 4 else inputs[None]
+        padding = layer.padding
+        if isinstance(padding, str) or layer.padding_mode != "zeros":
+            # "same" / "valid" and reflect / replicate / circular padding: pad as the layer
+            # does (possibly asymmetric), then take the patches without padding.
+            mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+            batched = nn.functional.pad(batched, layer._reversed_padding_repeated_twice, mode=mode)
+            padding = (0, 0)
         patches = nn.functional.unfold(
             batched,
             layer.kernel_size,
             dilation=layer.dilation,
-            padding=layer.padding,  # type: ignore[arg-type]
+            padding=padding,  # type: ignore[arg-type]
             stride=layer.stride,
         )  # (n, C·kh·kw, positions), the order of weight.reshape(out_channels, -1)
         return patches.mT.reshape(-1, patches.shape[1])
@@ -366,6 +377,8 @@ class CurvatureCapture:
             )
             if bias:
                 rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+            if rows.shape[0] == 0:  # an empty batch says nothing about the factors
+                return [None, None]
             increments[1] = RowProducts(rows, input_kind, 1.0 / rows.shape[0])
         if output_kind is Side.NONE:
             return increments
@@ -378,6 +391,8 @@ class CurvatureCapture:
             sizes = [self._batch_sizes[g] for g in sorted(self._backwarded)]
             total = sum(sizes)
             used = sum(self._samples(n) for n in sizes)
+            if used == 0:
+                return [None, None]
             increments[0] = RowProducts(_stacked(grads), output_kind, total * total / used)
         elif not capture.output_factors:
             raise RuntimeError(
@@ -487,6 +502,8 @@ class CurvatureCapture:
         flat = [t for group in tensors for t in group]
         values = output.detach()
         samples = self._samples(values.shape[0])
+        if samples == 0:
+            return
         if self.curvature is Curvature.GGN:
             vectors = loss_hessian_sqrt_columns(values, self.loss)
             scale = 1.0 / samples

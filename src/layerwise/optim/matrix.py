@@ -178,15 +178,23 @@ def symmetric_eigenbasis(a: Tensor, *, retry_float64: bool = True) -> Tensor:
 
 
 def polar_svd(m: Tensor) -> Tensor:
-    r"""The polar factor :math:`U V^\top` of ``m = U S V^\top`` by an exact (reduced) SVD.
+    r"""The polar factor :math:`U_r V_r^\top` of ``m = U S V^\top`` by an exact (reduced) SVD,
+    on the numerical range of ``m``: singular vectors whose singular value is below
+    :math:`\max(m, n)\, \epsilon\, \sigma_{\max}` (the numerical rank's threshold, as
+    ``torch.linalg.matrix_rank``) are dropped, so the null space maps to zero and a zero matrix
+    to zero (a rank-1 gradient gives a rank-1 factor, not an arbitrary completion).
 
-    For a rank-deficient ``m`` the factor is not unique; this returns the one from the SVD's
-    singular vectors, which maps the null space to zero only up to round-off.
+    Lower precisions are computed in float32 (no bf16 / fp16 SVD kernels). Raises
+    :class:`DecompositionError` when the SVD fails.
     """
-    # No bf16 / fp16 SVD kernels: lower precisions are computed in float32.
     work = m if m.dtype.itemsize >= 4 else m.float()
-    u, _, vh = torch.linalg.svd(work, full_matrices=False)
-    return (u @ vh).to(m.dtype)
+    try:
+        u, s, vh = torch.linalg.svd(work, full_matrices=False)
+    except torch.linalg.LinAlgError as error:
+        raise DecompositionError(f"SVD failed: {error}") from error
+    tolerance = max(m.shape[-2:]) * torch.finfo(work.dtype).eps * s.amax(dim=-1, keepdim=True)
+    kept = (s > tolerance).to(work.dtype)
+    return ((u * kept.unsqueeze(-2)) @ vh).to(m.dtype)
 
 
 #: Quintic Newton–Schulz coefficients (a, b, c) of Jordan et al.'s Muon (2024): chosen to push

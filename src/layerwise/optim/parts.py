@@ -76,7 +76,8 @@ class Parts:
     ``heavy_ball``, ``clipping``, ``adam``, ``failures``: the shell's policies
     (:mod:`layerwise.optim.policies`). ``weight_decay``: decoupled,
     :math:`W \\leftarrow (1 - \\eta\\lambda) W`. ``maximize``: ascend (every part sees the
-    negated gradient, as in ``torch.optim``).
+    negated gradient, as in ``torch.optim``). ``preconditioned=False`` sends every parameter of
+    the group down the Adam path (embeddings, heads; the group knob ``preconditioned``).
     """
 
     transform: Transform
@@ -96,6 +97,7 @@ class Parts:
     adam: AdamPath = field(default_factory=AdamPath)
     weight_decay: float = 0.0
     maximize: bool = False
+    preconditioned: bool = True
     failures: FailurePolicy = field(default_factory=FailurePolicy)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ statistics (Muon) use the gradient source's blocks and no increments.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -33,7 +34,7 @@ from layerwise.optim.kfac_curvature import (
     accumulate_row_products,
     input_width,
     output_width,
-    supports,
+    unsupported_reason,
 )
 from layerwise.optim.kronecker import (
     STATISTIC_KEYS,
@@ -131,8 +132,12 @@ class GradientSource:
 
     def blocks(self, group: dict[str, Any]) -> list[Block]:
         """One block per parameter with a gradient: matrices (after the >2-D view) go to the
-        Kronecker path, everything else to the Adam path."""
-        return [Block((p,), kronecker=p.ndim >= 2) for p in group["params"] if p.grad is not None]
+        Kronecker path, everything else to the Adam path (empty parameters to neither)."""
+        return [
+            Block((p,), kronecker=p.ndim >= 2)
+            for p in group["params"]
+            if p.grad is not None and p.numel() > 0
+        ]
 
     def accumulate(
         self,
@@ -142,11 +147,12 @@ class GradientSource:
         layout: SideLayout,
         accumulation: Accumulation,
         decay: float,
-    ) -> None:
+    ) -> bool:
         r"""Fold :math:`G G^\top` and :math:`G^\top G` (their diagonals for diagonal sides) into
         the statistics. A dense side is one fused product, :math:`S \leftarrow \beta S + (1 -
         \beta)\, G G^\top` as a single in-place ``addmm`` (BLAS's own :math:`\beta C + \alpha
-        AB`): no increment is materialized and no extra pass is made over :math:`S`."""
+        AB`): no increment is materialized and no extra pass is made over :math:`S`. Returns
+        whether anything was folded in."""
         beta, alpha = accumulation_weights(accumulation, decay)
         for side, (key, kind) in enumerate(zip(STATISTIC_KEYS, layout, strict=True)):
             if kind is Side.NONE:
@@ -158,6 +164,7 @@ class GradientSource:
                 statistic.addmm_(first, second, beta=beta, alpha=alpha)
             else:
                 accumulate_increment(accumulation, decay, statistic, g.square().sum(dim=1 - side))
+        return True
 
     def step_done(self) -> None:
         """Nothing is kept between steps."""
@@ -170,6 +177,51 @@ class GradientSource:
 
     def index(self, param_groups: list[dict[str, Any]]) -> None:
         """Nothing depends on the groups."""
+
+
+def _preconditioned_layers(model: nn.Module, skip_layers: Sequence[str | type]) -> list[Layer]:
+    """The layers KFAC preconditions: supported ``nn.Linear`` / ``nn.Conv2d`` modules with a
+    trainable, non-empty weight, except those named or typed in ``skip_layers`` (a name is a
+    module's name in ``model.named_modules()`` or a prefix of it up to a dot). A layer a user
+    would expect to be preconditioned but that is not gets one warning naming it and why."""
+    names = [s for s in skip_layers if isinstance(s, str)]
+    types = tuple(s for s in skip_layers if isinstance(s, type))
+    functional_calls = {
+        id(child)
+        for module in model.modules()
+        if isinstance(module, nn.MultiheadAttention)
+        for child in module.modules()
+        if child is not module
+    }
+    layers: list[Layer] = []
+    left_out: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(
+            module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d
+        ):
+            continue
+        if not module.weight.requires_grad or module.weight.numel() == 0:
+            continue
+        if isinstance(module, types) or any(name == n or name.startswith(n + ".") for n in names):
+            continue  # excluded on purpose: no warning
+        if id(module) in functional_calls:
+            left_out.append(
+                f"{name} (nn.MultiheadAttention calls its weights directly, not the module)"
+            )
+            continue
+        reason = unsupported_reason(module)
+        if reason is not None:
+            left_out.append(f"{name} ({reason})")
+            continue
+        layers.append(module)  # type: ignore[arg-type]
+    if left_out:
+        warnings.warn(
+            "KFAC: these layers take the Adam path: " + "; ".join(left_out) + ". Pass them in "
+            "skip_layers to silence this.",
+            UserWarning,
+            stacklevel=5,
+        )
+    return layers
 
 
 def _compiled(model: nn.Module) -> bool:
@@ -200,6 +252,7 @@ class LayerFactorSource(GradientSource):
         *,
         parts_of: PartsOf,
         state_of: Callable[[nn.Parameter], dict[str, Any]],
+        skip_layers: Sequence[str | type] = (),
     ) -> None:
         if factors.curvature is not Curvature.EMPIRICAL and _compiled(model):
             raise ValueError(
@@ -210,7 +263,7 @@ class LayerFactorSource(GradientSource):
         self.factors = factors
         self._parts_of = parts_of
         self._state_of = state_of
-        self.layers = [m for m in model.modules() if supports(m) and m.weight.requires_grad]
+        self.layers = _preconditioned_layers(model, skip_layers)
         self._layer_of: dict[nn.Parameter, Layer] = {}
         for layer in self.layers:
             if layer.weight in self._layer_of:
@@ -234,8 +287,10 @@ class LayerFactorSource(GradientSource):
 
     # -- groups and blocks -----------------------------------------------------------------
     def index(self, param_groups: list[dict[str, Any]]) -> None:
-        """Map parameters to their groups (a layer's weight and bias must share one) and take
-        the groups' factor settings, which are per model (a checkpoint may bring others)."""
+        """Map parameters to their groups and take the groups' factor settings, which are per
+        model (a checkpoint may bring others). A layer's bias may sit in another group than its
+        weight (e.g. without weight decay): it is still folded into the weight's block, whose
+        factors it shares, and its own group's learning rate and weight decay apply to it."""
         factors = {self._parts_of(g).statistics for g in param_groups}
         if len(factors) != 1 or not isinstance(next(iter(factors)), LayerFactors):
             raise ValueError(
@@ -245,16 +300,6 @@ class LayerFactorSource(GradientSource):
         self._configure(factors.pop())
         self._groups = param_groups
         self._group_index = {p: i for i, g in enumerate(param_groups) for p in g["params"]}
-        for layer in self.layers:
-            bias = layer.bias
-            if (
-                bias is not None
-                and bias.requires_grad
-                and self._group_index.get(layer.weight) != self._group_index.get(bias)
-            ):
-                raise ValueError(
-                    f"KFAC: weight and bias of {layer} must be in the same param group"
-                )
 
     def _configure(self, factors: LayerFactors) -> None:
         if factors.seed != self.factors.seed:
@@ -272,9 +317,14 @@ class LayerFactorSource(GradientSource):
     def block_shape(self, layer: Layer) -> tuple[int, int]:
         return output_width(layer), input_width(layer) + int(self.folds_bias(layer))
 
+    def _preconditioned(self, layer: Layer) -> bool:
+        index = self._group_index.get(layer.weight)
+        return index is not None and self._parts_of(self._groups[index]).preconditioned
+
     def blocks(self, group: dict[str, Any]) -> list[Block]:
+        """A block ``[W | b]`` per layer whose weight is in ``group`` (with its bias, wherever
+        the bias's group is); the group's other parameters take the Adam path."""
         blocks: list[Block] = []
-        folded: set[nn.Parameter] = set()
         for p in group["params"]:
             layer = self._layer_of.get(p)
             if layer is None or p.grad is None:
@@ -285,11 +335,18 @@ class LayerFactorSource(GradientSource):
                 if layer.bias.grad is None:
                     raise RuntimeError(f"KFAC: {layer} has a weight gradient but no bias gradient")
                 params = (p, layer.bias)
-                folded.add(layer.bias)
             blocks.append(Block(params, kronecker=True))
+        folded = {
+            layer.bias
+            for layer in self.layers
+            if self.folds_bias(layer)
+            and layer.weight.grad is not None
+            and self._preconditioned(layer)
+        }
         for p in group["params"]:
-            if p.grad is not None and p not in self._layer_of and p not in folded:
-                blocks.append(Block((p,), kronecker=False))
+            if p.grad is None or p.numel() == 0 or p in self._layer_of or p in folded:
+                continue
+            blocks.append(Block((p,), kronecker=False))
         return blocks
 
     def _needs(self, layer: Layer) -> SideLayout:
@@ -300,7 +357,7 @@ class LayerFactorSource(GradientSource):
         parts = self._parts_of(self._groups[index])
         state = self._state_of(layer.weight)
         steps_done = state.get(STEP, 0) if state else 0
-        if steps_done % parts.statistics_every != 0:
+        if not parts.preconditioned or steps_done % parts.statistics_every != 0:
             return Side.NONE, Side.NONE
         return parts.layout(self.block_shape(layer), scalar_sides=self.scalar_sides)
 
@@ -313,9 +370,11 @@ class LayerFactorSource(GradientSource):
         layout: SideLayout,
         accumulation: Accumulation,
         decay: float,
-    ) -> None:
+    ) -> bool:
         layer = self._layer_of[block.key]
         increments = self.capture.factor_increments(layer, layout, bias=self.folds_bias(layer))
+        if all(increment is None for increment in increments):
+            return False  # an empty batch
         beta, alpha = accumulation_weights(accumulation, decay)
         for key, kind, increment in zip(STATISTIC_KEYS, layout, increments, strict=True):
             if kind is Side.NONE or increment is None:
@@ -324,6 +383,7 @@ class LayerFactorSource(GradientSource):
                 accumulate_row_products(state[key], increment, beta=beta, alpha=alpha)
             else:
                 accumulate_increment(accumulation, decay, state[key], increment)
+        return True
 
     def step_done(self) -> None:
         # Captures belong to one step; nothing of them is needed afterwards (checkpoints).

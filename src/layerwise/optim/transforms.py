@@ -13,6 +13,7 @@ subclass (see ``docs/composition.md``).
 from __future__ import annotations
 
 import enum
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ from layerwise.optim.kronecker import (
     EIGENBASIS_EXP_AVG,
     EIGENBASIS_EXP_AVG_SQ,
     EIGENBASIS_READY,
+    FAILED_REFRESHES,
     PRECONDITIONER_KEYS,
     STATISTIC_KEYS,
     Side,
@@ -366,7 +368,20 @@ class Orthogonalize(Transform):
 
     def apply(self, state: dict[str, Any], direction: Tensor, *, grad: Tensor, step: int) -> Tensor:
         if self.method is PolarMethod.SVD:
-            return matrix.polar_svd(direction)
+            try:
+                return matrix.polar_svd(direction)
+            except DecompositionError as error:
+                # Counted like a failed refresh; the cubic Newton–Schulz iteration converges
+                # to the same polar factor.
+                state[FAILED_REFRESHES] = state.get(FAILED_REFRESHES, 0) + 1
+                warnings.warn(
+                    f"{error}; the polar factor comes from Newton–Schulz this step",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                return matrix.newton_schulz_polar(
+                    direction, coefficients=matrix.NEWTON_SCHULZ_CUBIC, steps=30
+                )
         return matrix.newton_schulz_polar(
             direction,
             coefficients=self.coefficients,
