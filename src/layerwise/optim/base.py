@@ -56,6 +56,7 @@ from layerwise.optim.kronecker import (
     init_statistics,
     statistics_dtype,
 )
+from layerwise.optim.matrix import Workspace
 from layerwise.optim.parts import Parts
 from layerwise.optim.policies import AdamPath, Direction, UpdateScale
 from layerwise.optim.statistics import Block, GradientSource, LayerFactors, LayerFactorSource
@@ -193,6 +194,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         # The optimizer's own knobs (torch.optim adds entries of its own to ``defaults``).
         self._knobs = tuple(defaults)
         self._source: GradientSource = GradientSource()
+        #: Scratch tensors of each param group's batched application, kept between steps.
+        self._workspaces: dict[int, Workspace] = {}
         #: Per param-group index, the factor by which the last step's Kronecker directions
         #: were scaled by clipping (groups without clipping are absent).
         self.last_update_scales: dict[int, float] = {}
@@ -402,6 +405,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     [p.first_moment for p in pending],
                     [p.grad for p in pending],
                     [p.step for p in pending],
+                    self._workspaces.setdefault(id(group), Workspace()),
                 )
         applied = iter(applied_blocks)
         return [

@@ -363,7 +363,9 @@ class CurvatureCapture:
         if capture is None or capture.kinds != kinds or not self._backwarded:
             raise RuntimeError(
                 f"KFAC: no factors were captured for {layer}; run the model's forward and the "
-                "loss's backward pass (with gradients enabled) before step()"
+                "loss's backward pass (with gradients enabled) before step(). With torch.compile, "
+                "create the optimizer before the compiled model's first call: a compiled graph "
+                "does not see module hooks added after it was traced"
             )
         output_kind, input_kind = kinds
         increments: list[Tensor | RowProducts | None] = [None, None]

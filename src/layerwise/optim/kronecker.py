@@ -34,7 +34,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from layerwise.optim.matrix import DecompositionError  # noqa: F401  (re-exported for callers)
+from layerwise.optim.matrix import (
+    DecompositionError,  # noqa: F401  (re-exported for callers)
+    Workspace,
+)
 
 # State keys (constants, so that parts, tests and checkpoints agree on them). The shell's:
 STEP = "step"
@@ -283,8 +286,10 @@ class Transform(abc.ABC):
         directions: list[Tensor],
         grads: list[Tensor],
         steps: list[int],
+        workspace: Workspace | None = None,
     ) -> list[Tensor]:
-        """:meth:`apply` for several blocks of one param group (overridden where batching pays)."""
+        """:meth:`apply` for several blocks of one param group (overridden where batching pays;
+        ``workspace``: the group's scratch tensors, reused from step to step)."""
         return [
             self.apply(s, d, grad=g, step=t)
             for s, d, g, t in zip(states, directions, grads, steps, strict=True)

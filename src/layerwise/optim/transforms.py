@@ -39,7 +39,7 @@ from layerwise.optim.kronecker import (
     statistics_dtype,
     two_sided,
 )
-from layerwise.optim.matrix import Damping, DecompositionError
+from layerwise.optim.matrix import Damping, DecompositionError, Workspace
 
 
 def _stored_preconditioner(state: dict[str, Any], key: str, dtype: torch.dtype) -> Tensor | None:
@@ -395,12 +395,14 @@ class Orthogonalize(Transform):
         directions: list[Tensor],
         grads: list[Tensor],
         steps: list[int],
+        workspace: Workspace | None = None,
     ) -> list[Tensor]:
         """Matrices of one shape, dtype and device are stacked and orthogonalized as one batch.
         Equal to per-block :meth:`apply` up to round-off, but the results stay in the compute
         dtype: the caller adds them to parameters of their own dtype (no extra cast pass)."""
         if self.method is PolarMethod.SVD:
-            return super().apply_batched(states, directions, grads, steps)
+            return super().apply_batched(states, directions, grads, steps, workspace)
+        scratch = workspace if workspace is not None else Workspace()
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, direction in enumerate(directions):
             key = (tuple(direction.shape), direction.dtype, direction.device)
@@ -413,11 +415,16 @@ class Orthogonalize(Transform):
                 batch = first.to(compute_dtype) if compute_dtype is not None else first
             else:
                 # Stacked straight into the compute dtype: one pass per matrix.
-                batch = first.new_empty((len(indices), *first.shape), dtype=compute_dtype)
+                batch = scratch.empty(
+                    "stack",
+                    (len(indices), *first.shape),
+                    dtype=compute_dtype or first.dtype,
+                    device=first.device,
+                )
                 for position, i in enumerate(indices):
                     batch[position].copy_(directions[i])
             polar = matrix.newton_schulz_polar(
-                batch, coefficients=self.coefficients, steps=self.steps
+                batch, coefficients=self.coefficients, steps=self.steps, workspace=scratch
             )
             for position, i in enumerate(indices):
                 results[i] = polar[position] if len(indices) > 1 else polar
