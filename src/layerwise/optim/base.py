@@ -380,7 +380,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         group's blocks in one call; the others block by block, so that only one block's
         intermediate tensors are alive at a time."""
         transform = parts.transform
+        workspace = self._workspaces.setdefault(id(group), Workspace())
         if not transform.batches:
+            extra = {"workspace": workspace} if transform.uses_workspace else {}
             updates = []
             for block in blocks:
                 prepared = self._prepare(parts, block)
@@ -391,6 +393,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                             prepared.first_moment,
                             grad=prepared.grad,
                             step=prepared.step,
+                            **extra,
                         )
                     prepared = self._finish(parts, prepared, applied)
                 updates.append(Update(group, block, prepared))
@@ -405,7 +408,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     [p.first_moment for p in pending],
                     [p.grad for p in pending],
                     [p.step for p in pending],
-                    self._workspaces.setdefault(id(group), Workspace()),
+                    workspace,
                 )
         applied = iter(applied_blocks)
         return [

@@ -169,24 +169,57 @@ def init_statistics(layout: SideLayout, shape: tuple[int, int], like: Tensor) ->
     return state
 
 
-def two_sided(left: Tensor | None, x: Tensor, right: Tensor | None, *, transpose: bool) -> Tensor:
+def two_sided(
+    left: Tensor | None,
+    x: Tensor,
+    right: Tensor | None,
+    *,
+    transpose: bool,
+    workspace: Workspace | None = None,
+) -> Tensor:
     """``Lᵀ X R`` (or ``L X Rᵀ`` if not ``transpose``) with ``None`` as identity and a 1-D
-    factor as a diagonal; computed in the dense factors' dtype, returned in ``x``'s."""
+    factor as a diagonal; computed in the dense factors' dtype, returned in ``x``'s, as a new
+    tensor. With a ``workspace`` the intermediate products reuse its buffers."""
     result_dtype = x.dtype
     dense = [f for f in (left, right) if f is not None and f.ndim == 2]
-    if dense:
-        x = x.to(dense[0].dtype)
+    work_dtype = dense[0].dtype if dense else x.dtype
+    cast_back = work_dtype != result_dtype
+    if dense and x.dtype != work_dtype:
+        x = _scratch(workspace, "two_sided_in", x.shape, work_dtype, x).copy_(x)
     if left is not None:
         if left.ndim == 1:
             x = left.to(x.dtype)[:, None] * x
         else:
-            x = (left.mT if transpose else left) @ x
+            scratch = workspace if (cast_back or right is not None) else None
+            factor = left.mT if transpose else left
+            x = _product(factor, x, scratch, "two_sided_left")
     if right is not None:
         if right.ndim == 1:
             x = x * right.to(x.dtype)[None, :]
         else:
-            x = x @ (right if transpose else right.mT)
+            x = _product(
+                x,
+                right if transpose else right.mT,
+                workspace if cast_back else None,
+                "two_sided_right",
+            )
     return x.to(result_dtype)
+
+
+def _scratch(
+    workspace: Workspace | None, name: str, shape: Any, dtype: torch.dtype, like: Tensor
+) -> Tensor:
+    if workspace is None:
+        return torch.empty(tuple(shape), dtype=dtype, device=like.device)
+    return workspace.empty(name, shape, dtype=dtype, device=like.device)
+
+
+def _product(a: Tensor, b: Tensor, workspace: Workspace | None, name: str) -> Tensor:
+    """``a @ b``, into the workspace's buffer ``name`` if one is given (an intermediate)."""
+    if workspace is None:
+        return a @ b
+    out = workspace.empty(name, (a.shape[0], b.shape[1]), dtype=a.dtype, device=a.device)
+    return torch.matmul(a, b, out=out)
 
 
 #: Precisions the per-step products of a preconditioner may run in, by name.
@@ -255,7 +288,8 @@ class Transform(abc.ABC):
     Class attributes: ``uses_statistics`` (False: no statistics, no refresh; Muon),
     ``keeps_scalars`` (whether a size-1 side's scalar statistic matters: for an inverse it
     does, an eigenbasis ignores it) and ``batches`` (``apply_batched`` runs several blocks as
-    one batched product).
+    one batched product); ``uses_workspace``: :meth:`apply` takes a ``workspace`` keyword
+    (:class:`~layerwise.optim.matrix.Workspace`) for its intermediates.
 
     Precision: ``compute_dtype`` is a dtype, ``None`` (the parameters' dtype) or ``"auto"``
     (bfloat16 for float32 parameters, their own dtype otherwise), resolved per block by
@@ -265,6 +299,8 @@ class Transform(abc.ABC):
     uses_statistics: ClassVar[bool] = True
     keeps_scalars: ClassVar[bool] = False
     batches: ClassVar[bool] = False
+    #: Whether :meth:`apply` takes a ``workspace`` (scratch tensors kept between steps).
+    uses_workspace: ClassVar[bool] = False
 
     compute_dtype: torch.dtype | str | None
 

@@ -72,6 +72,7 @@ class InverseRoot(Transform):
     """
 
     keeps_scalars: ClassVar[bool] = True
+    uses_workspace: ClassVar[bool] = True
 
     root: float | None = None
     damping: float = 1e-12
@@ -155,10 +156,18 @@ class InverseRoot(Transform):
             retry_float64=self.retry_float64,
         )
 
-    def apply(self, state: dict[str, Any], direction: Tensor, *, grad: Tensor, step: int) -> Tensor:
+    def apply(
+        self,
+        state: dict[str, Any],
+        direction: Tensor,
+        *,
+        grad: Tensor,
+        step: int,
+        workspace: Workspace | None = None,
+    ) -> Tensor:
         stored = self.resolved_dtype(direction.dtype) or direction.dtype
         left, right = (_stored_preconditioner(state, key, stored) for key in PRECONDITIONER_KEYS)
-        return two_sided(left, direction, right, transpose=False)
+        return two_sided(left, direction, right, transpose=False, workspace=workspace)
 
 
 class BasisRefresh(enum.StrEnum):
@@ -223,6 +232,8 @@ class EigenbasisAdam(Transform):
     rotation back alone by 0.2–0.4 %.
     """
 
+    uses_workspace: ClassVar[bool] = True
+
     beta2: float = 0.95
     epsilon: float = 1e-8
     first_moment_decay: float | None = None
@@ -278,26 +289,38 @@ class EigenbasisAdam(Transform):
         state.pop(EIGENBASIS_EXP_AVG, None)
         state[EIGENBASIS_READY] = True
 
-    def apply(self, state: dict[str, Any], direction: Tensor, *, grad: Tensor, step: int) -> Tensor:
+    def apply(
+        self,
+        state: dict[str, Any],
+        direction: Tensor,
+        *,
+        grad: Tensor,
+        step: int,
+        workspace: Workspace | None = None,
+    ) -> Tensor:
         left, right = (state.get(key) for key in PRECONDITIONER_KEYS)
         exp_avg_sq: Tensor = state[EIGENBASIS_EXP_AVG_SQ]
         result_dtype = direction.dtype
         # Low-precision parameters rotate and normalize in the moments' precision.
         grad, direction = grad.to(exp_avg_sq.dtype), direction.to(exp_avg_sq.dtype)
-        rotated_grad = two_sided(left, grad, right, transpose=True)
+        rotated_grad = two_sided(left, grad, right, transpose=True, workspace=workspace)
         exp_avg_sq.mul_(self.beta2).addcmul_(rotated_grad, rotated_grad, value=1.0 - self.beta2)
         bias_correction = 1.0 - self.beta2**step
         denominator = (exp_avg_sq / bias_correction).sqrt_().add_(self.epsilon)
         beta1 = self.first_moment_decay
         if beta1 is None or (left is None and right is None):
-            rotated = two_sided(left, direction, right, transpose=True)
+            rotated = two_sided(left, direction, right, transpose=True, workspace=workspace)
         else:
             rotated = self._rotated_first_moment(
                 state, left, right, direction, rotated_grad, beta1, step
             )
         dtype = self.resolved_dtype(result_dtype)
         result = two_sided(
-            _in_dtype(left, dtype), rotated / denominator, _in_dtype(right, dtype), transpose=False
+            _in_dtype(left, dtype),
+            rotated / denominator,
+            _in_dtype(right, dtype),
+            transpose=False,
+            workspace=workspace,
         )
         return result.to(result_dtype)
 
