@@ -530,3 +530,30 @@ def test_fused_row_products_accumulate_like_the_explicit_increment(kind, weights
     assert torch.isfinite(fused).all()
     scale = float(expected.abs().max())
     torch.testing.assert_close(fused.double(), expected, rtol=1e-6, atol=1e-6 * scale)
+
+
+def test_an_lr_schedule_still_moves_a_kl_clipped_step():
+    """The KL bound uses the lr before scheduling (``initial_lr``): halving the lr halves a
+    clipped step (with the current lr the clipped step would not depend on the lr at all)."""
+    steps = []
+    for factor in (1.0, 0.5):
+        model = linear_stack((4, 5, 3), True, seed=13, act=nn.Tanh)
+        x, y = make_data(16, 4, 3, "cross_entropy", seed=14)
+        opt = KFAC(
+            model,
+            lr=0.5,
+            loss="cross_entropy",
+            curvature="ggn",
+            exact=True,
+            damping=1e-2,
+            kl_clip=1e-4,
+        )
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch, factor=factor: factor)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        assert opt.last_update_scales[0] < 1  # the clip is active
+        steps.append([b - p.detach() for b, p in zip(before, model.parameters(), strict=True)])
+    for full, half in zip(*steps, strict=True):
+        assert_close(half, 0.5 * full, 1e-12, "scheduled clipped step")

@@ -498,9 +498,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             if not mine:
                 continue
             sign = -1.0 if parts.maximize else 1.0
+            initial = group.get("initial_lr")
             scales[index] = parts.clipping.scale(
                 scalar(group["lr"]),
                 [(b.split(d.tensor), [sign * p.grad for p in b.params], d) for b, d in mine],
+                initial_lr=None if initial is None else scalar(initial),
             )
         self.last_update_scales = scales
         by_group = {id(group): i for i, (group, _, _) in enumerate(work)}

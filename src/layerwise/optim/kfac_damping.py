@@ -52,11 +52,13 @@ def clip_scale(
     max_update_norm: float | None,
     inner: float,
     squared_norm: float,
+    kl_lr: float | None = None,
 ) -> float:
     """The factor ν ≤ 1 applied to a step ``-lr·D`` with ``inner`` = Σ⟨D, ∇⟩ and
-    ``squared_norm`` = Σ‖D‖² over the clipped layers (``kl_clip=0``: no KL clipping)."""
+    ``squared_norm`` = Σ‖D‖² over the clipped layers (``kl_clip=0``: no KL clipping);
+    ``kl_lr``: the learning rate in the KL bound, if not ``lr`` (see ``policies.Clipping``)."""
     scale = 1.0
-    quadratic = lr**2 * inner
+    quadratic = (lr if kl_lr is None else kl_lr) ** 2 * inner
     if kl_clip and quadratic > kl_clip:
         scale = math.sqrt(kl_clip / quadratic)
     norm = lr * math.sqrt(squared_norm)

@@ -258,9 +258,15 @@ class HeavyBall:
 @dataclass(frozen=True, kw_only=True)
 class Clipping:
     r"""One factor :math:`\nu \le 1` on the steps of a param group's Kronecker blocks:
-    the KL clip :math:`\nu = \min(1, \sqrt{c / (\eta^2 \sum \langle D, \nabla \rangle)})` (Ba et
+    the KL clip :math:`\nu = \min(1, \sqrt{c / (\eta_0^2 \sum \langle D, \nabla \rangle)})` (Ba et
     al., 2017; ``kl_clip`` = c, 0: off) and an update-norm clip :math:`\eta \nu \lVert D
-    \rVert_F \le` ``max_update_norm`` (None: off)."""
+    \rVert_F \le` ``max_update_norm`` (None: off).
+
+    :math:`\eta_0` is the group's learning rate before any LR scheduler (``initial_lr``, which
+    torch's schedulers record; the current lr without one). With the current lr instead, a
+    clipped step :math:`\eta\nu D = \sqrt{c / \sum\langle D, \nabla\rangle}\, D` would not
+    depend on the lr at all, and a schedule would do nothing while the clip is active; with
+    :math:`\eta_0` the clipped step scales with :math:`\eta / \eta_0`."""
 
     kl_clip: float = 0.0
     max_update_norm: float | None = None
@@ -276,10 +282,15 @@ class Clipping:
         return bool(self.kl_clip) or self.max_update_norm is not None
 
     def scale(
-        self, lr: float, directions: list[tuple[list[Tensor], list[Tensor], Direction]]
+        self,
+        lr: float,
+        directions: list[tuple[list[Tensor], list[Tensor], Direction]],
+        *,
+        initial_lr: float | None = None,
     ) -> float:
         """ν for the group's ``(pieces, grads, direction)`` triples (a block's direction split
-        into its parameters' shapes, their gradients, the direction)."""
+        into its parameters' shapes, their gradients, the direction) at learning rate ``lr``
+        (``initial_lr``: the lr before scheduling, for the KL clip)."""
         inner = 0.0
         squared_norm = 0.0
         for pieces, grads, direction in directions:
@@ -301,6 +312,7 @@ class Clipping:
             max_update_norm=self.max_update_norm,
             inner=inner,
             squared_norm=squared_norm,
+            kl_lr=initial_lr,
         )
 
 
