@@ -248,3 +248,19 @@ def test_a_failed_svd_is_counted_and_the_step_still_taken(monkeypatch):
     torch.testing.assert_close(
         before - weight.detach(), 0.1 * scale * expected, rtol=1e-6, atol=1e-8
     )
+
+
+def test_deep_copies_of_kfac_and_of_its_model():
+    """A copied model carries no live hook of the original optimizer; a copied optimizer and
+    model (one deepcopy) train on their own exactly as the originals."""
+    model = make_mlp()
+    optimizer = KFAC(model, loss="mse", refresh_every=2)
+    batches = regression_batches(6)
+    train(model, optimizer, batches[:2])
+    lone = copy.deepcopy(model)
+    lone(batches[0][0]).sum().backward()  # would feed the original's captures if it were hooked
+    model_copy, optimizer_copy = copy.deepcopy((model, optimizer))
+    train(model, optimizer, batches[2:])
+    train(model_copy, optimizer_copy, batches[2:])
+    for p, q in zip(model.parameters(), model_copy.parameters(), strict=True):
+        assert torch.equal(p, q)

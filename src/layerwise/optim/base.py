@@ -212,7 +212,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 model,
                 factors[0],
                 parts_of=self.parts,
-                state_of=lambda p: self.state.get(p),
+                state_of=self._state_of,
                 skip_layers=skip_layers,
             )
         self._source.index(self.param_groups)
@@ -221,6 +221,23 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def compose(group: dict[str, Any]) -> Parts:
         """The parts of a param group from its knobs (what a named optimizer chooses)."""
         raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim keeps only defaults, state and groups: a copy also needs its statistics
+        # source (KFAC's hooks, re-registered on the copied model); caches start empty.
+        state = super().__getstate__()
+        state.update(
+            _knobs=self._knobs,
+            _source=self._source,
+            _parts_cache={},
+            _workspaces={},
+            last_update_scales=dict(self.last_update_scales),
+        )
+        return state
+
+    def _state_of(self, param: nn.Parameter) -> dict[str, Any] | None:
+        # A method, not a closure: a deep copy of the optimizer then reads its own state.
+        return self.state.get(param)
 
     # -- param groups and their composition ------------------------------------------------
     def parts(self, group: dict[str, Any]) -> Parts:

@@ -272,6 +272,24 @@ _PENDING_WARNING = 16
 FactorNeeds = SideLayout
 
 
+class _Hook:
+    """A module hook that calls the capture; a deep copy of the module carries an inert one
+    (a copied model must not feed the original optimizer, nor drag it into the copy)."""
+
+    def __init__(self, method: Callable[..., None]) -> None:
+        self._method = method
+
+    def __call__(self, *args: object) -> None:
+        self._method(*args)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Callable[..., None]:
+        return _inert_hook
+
+
+def _inert_hook(*args: object) -> None:
+    """What a deep-copied module keeps of KFAC's hooks."""
+
+
 @dataclass
 class LayerCapture:
     """What the hooks saw of one layer since the last optimizer step, by forward pass
@@ -332,10 +350,10 @@ class CurvatureCapture:
         self._batch_sizes: dict[int, int] = {}
         self._backwarded: set[int] = set()
         self._in_curvature_pass = False
-        self._handles = [model.register_forward_pre_hook(self._on_model_input)]
+        self._handles = [model.register_forward_pre_hook(_Hook(self._on_model_input))]
         for layer in layers:
-            self._handles.append(layer.register_forward_hook(self._on_layer_forward))
-        self._handles.append(model.register_forward_hook(self._on_model_output))
+            self._handles.append(layer.register_forward_hook(_Hook(self._on_layer_forward)))
+        self._handles.append(model.register_forward_hook(_Hook(self._on_model_output)))
 
     def remove(self) -> None:
         for handle in self._handles:

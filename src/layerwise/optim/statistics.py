@@ -17,6 +17,7 @@ statistics (Muon) use the gradient source's blocks and no increments.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -260,6 +261,8 @@ class LayerFactorSource(GradientSource):
                 "outputs, which a compiled model (torch.compile) hides from autograd; use "
                 "curvature='empirical' with a compiled model"
             )
+        self._model = model
+        self._skip_layers = tuple(skip_layers)
         self.factors = factors
         self._parts_of = parts_of
         self._state_of = state_of
@@ -300,6 +303,35 @@ class LayerFactorSource(GradientSource):
         self._configure(factors.pop())
         self._groups = param_groups
         self._group_index = {p: i for i, g in enumerate(param_groups) for p in g["params"]}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LayerFactorSource:
+        """A deep copy (of the optimizer, and with it of the model) hooks the copied model's
+        layers: the copy captures its own factors and steps on its own."""
+        copy_of = copy.deepcopy
+        new = LayerFactorSource.__new__(LayerFactorSource)
+        memo[id(self)] = new
+        new._model = copy_of(self._model, memo)
+        new._skip_layers = self._skip_layers
+        new.factors = self.factors
+        new._parts_of = copy_of(self._parts_of, memo)
+        new._state_of = copy_of(self._state_of, memo)
+        new.layers = [copy_of(layer, memo) for layer in self.layers]
+        new._layer_of = {layer.weight: layer for layer in new.layers}
+        new._groups = copy_of(self._groups, memo)
+        new._group_index = copy_of(self._group_index, memo)
+        new.generator = torch.Generator(device=self.generator.device)
+        new.generator.set_state(self.generator.get_state())
+        new.capture = CurvatureCapture(
+            new._model,
+            new.layers,
+            curvature=self.factors.curvature,
+            loss=self.factors.loss,
+            mc_samples=self.factors.mc_samples,
+            statistics_batch=self.factors.statistics_batch,
+            generator=new.generator,
+            needs=new._needs,
+        )
+        return new
 
     def _configure(self, factors: LayerFactors) -> None:
         if factors.seed != self.factors.seed:
