@@ -45,6 +45,15 @@ METHOD_COLORS: dict[str, str] = {
     "Muon": "#f7b6d2",
     "AdamW": "#aec7e8",
     "SGD": "#9edae5",
+    # The training workloads: ours solid, the peers of the same method dashed in a lighter shade.
+    "adamw": "#2ca02c",
+    "shampoo": "#6a3d9a",
+    "soap": "#a6761d",
+    "muon": "#e7298a",
+    "ekfac": "#ff7f0e",
+    "pytorch_optimizer_shampoo": "#b39ddb",
+    "heavyball_soap": "#d9b77a",
+    "torch_muon": "#f4a6c8",
 }
 
 _FALLBACK = plt.get_cmap("tab20").colors

@@ -32,6 +32,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "layerwise.experiments.mlp",
     "layerwise.problems.linrep.experiments",
     "layerwise.problems.single_index.experiments",
+    "layerwise.problems.training.experiments",
 )
 
 
@@ -115,6 +116,8 @@ class Experiment:
     ``figures`` maps a figure name to a function ``(table) -> matplotlib Figure`` (the report
     saves it as ``<experiment>-<name>`` PNG and PDF), or ``(table, out_dir) -> paths`` for a
     function that writes its own files (see :func:`layerwise.experiments.report.draw`).
+    ``tables`` maps a table name to a function ``(table) -> DataFrame`` of display strings
+    that the report shows under the experiment's figures.
     """
 
     name: str
@@ -123,6 +126,7 @@ class Experiment:
     run: Callable[[RunTask], pd.DataFrame]
     claims: tuple[Claim, ...] = ()
     figures: Mapping[str, Callable[[pd.DataFrame], Any]] = field(default_factory=dict)
+    tables: Mapping[str, Callable[[pd.DataFrame], pd.DataFrame]] = field(default_factory=dict)
     seeds_per_run: int = 1
     split_methods: bool = True
     timing_columns: tuple[str, ...] = ()

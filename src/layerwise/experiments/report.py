@@ -71,6 +71,7 @@ class ExperimentSection:
     compute_seconds: float = 0.0
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (name, PNG path)
     figure_errors: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     claims: list[ClaimResult] = field(default_factory=list)
 
 
@@ -150,6 +151,12 @@ def build(out_dir: str | Path) -> list[ExperimentSection]:
                     continue
                 section.figures += [(figure_name, p) for p in paths if p.suffix == ".png"]
             section.claims = [decide(claim, name, table) for claim in section.experiment.claims]
+            for table_name, function in section.experiment.tables.items():
+                try:
+                    section.tables.append((table_name, function(table)))
+                except Exception as error:
+                    # Deliberately broad, as for figures: reported, the rest goes on.
+                    section.figure_errors.append((table_name, f"{type(error).__name__}: {error}"))
         sections.append(section)
     return sections
 
@@ -238,6 +245,15 @@ def _markdown_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """``frame`` as the lines of a Markdown table (cells as strings)."""
+    lines = ["| " + " | ".join(_markdown_cell(str(c)) for c in frame.columns) + " |"]
+    lines.append("|" + "---|" * len(frame.columns))
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_markdown_cell(str(v)) for v in row) + " |")
+    return lines
+
+
 def render_markdown(
     sections: Sequence[ExperimentSection],
     claims: Sequence[ClaimResult],
@@ -289,6 +305,8 @@ def render_markdown(
         for figure_name, path in section.figures:
             relative = path.relative_to(out_dir) if path.is_relative_to(out_dir) else path
             lines += [f"![{section.name}: {figure_name}]({relative.as_posix()})", ""]
+        for table_name, frame in section.tables:
+            lines += [f"{table_name}:", "", *markdown_table(frame), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -377,6 +395,8 @@ def render_html(
                 f'src="data:image/png;base64,{data}"><figcaption>{e(figure_name)}</figcaption>'
                 "</figure>"
             )
+        for table_name, frame in section.tables:
+            parts.append(f"<p>{e(table_name)}:</p>" + frame.to_html(index=False, border=0))
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

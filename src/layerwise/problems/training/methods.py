@@ -27,6 +27,7 @@ Schedule (:func:`lr_multiplier`): :math:`m(t) = (t+1)/t_w` during warm-up
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -89,6 +90,8 @@ def _heavyball_soap(model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
         raise PeerUnavailable(f"heavyball: {error}") from error
     # heavyball compiles its step functions by default; these runs measure eager steps, as ours.
     heavyball.utils.compile_mode = heavyball.utils.compile_mode_recommended_to_none = None
+    # The schedule changes the lr every step, which heavyball supports and warns about.
+    warnings.filterwarnings("ignore", message="Learning rate changed between steps")
     return [
         heavyball.SOAP(
             model.parameters(),

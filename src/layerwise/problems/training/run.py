@@ -17,8 +17,9 @@ character), ``wall_seconds`` (training time up to that step: forward, backward, 
 scheduler steps; evaluation excluded), and per run ``step_seconds`` (mean time of a step),
 ``state_bytes`` (optimizer state after the last step) and ``diverged``. A run whose training
 loss or validation loss becomes non-finite stops there and is recorded as diverged: its later
-rows carry an infinite validation loss. An unavailable peer gives one row with ``available``
-False and the reason in ``note``.
+rows carry an infinite validation loss. So is a run whose optimizer raises
+``torch.linalg.LinAlgError`` (a peer's decomposition failing). An unavailable peer gives one
+row with ``available`` False and the reason in ``note``.
 """
 
 from __future__ import annotations
@@ -123,8 +124,13 @@ def train(
         start = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
+        try:
+            for optimizer in optimizers:
+                optimizer.step()
+        except torch.linalg.LinAlgError:
+            # A peer's decomposition failing on a non-finite or degenerate statistic: the run
+            # cannot go on, and is recorded as diverged (ours keep the previous preconditioner).
+            loss = torch.tensor(math.nan)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         for scheduler in schedulers:

@@ -1,0 +1,74 @@
+"""Registration of the ``training`` problem and its workloads ``training-digits``,
+``training-tabular`` and ``training-lm`` (each decides T1, T2 and T3 for its workload).
+
+Each method is its own run (``split_methods``), carrying all reported seeds (the tuning stage
+runs once per method), so a sweep parallelizes over methods.
+"""
+
+from __future__ import annotations
+
+from layerwise.experiments.registry import (
+    Claim,
+    Experiment,
+    Problem,
+    register_experiment,
+    register_problem,
+)
+
+from . import claims, figures
+from .run import run_task
+from .settings import METHOD_MODELS, TrainingSettings
+
+#: Reported seeds per run: all of a config's seeds, so the tuning stage is not repeated.
+SEEDS_PER_RUN = 100
+
+PROBLEM = register_problem(
+    Problem(name="training", settings_model=TrainingSettings, method_models=METHOD_MODELS)
+)
+
+T1 = Claim(
+    id="T1",
+    statement="Some layer-wise optimizer of ours reaches AdamW's target (its median final "
+    "validation loss) in fewer steps than AdamW on this workload "
+    f"(goal: at most {claims.STEP_RATIO_GOAL}x AdamW's steps).",
+    decide=claims.decide_fewer_steps,
+)
+T2 = Claim(
+    id="T2",
+    statement="Some layer-wise optimizer of ours reaches AdamW's target in less wall-clock than "
+    f"AdamW on this workload (goal: at most {claims.WALL_RATIO_GOAL}x on at least one workload).",
+    decide=claims.decide_less_wall_clock,
+)
+T3 = Claim(
+    id="T3",
+    statement="Each of our optimizers ends (median final validation loss at the step budget) "
+    f"no worse than the peer library's optimizer of the same method (within "
+    f"{claims.PEER_TOLERANCE:.0%}).",
+    decide=claims.decide_peer_match,
+)
+
+DESCRIPTIONS = {
+    "digits": "Convolutional classifier of scikit-learn's bundled 8x8 digits.",
+    "tabular": "MLP classifier of scikit-learn's bundled breast-cancer table.",
+    "lm": "Causal character transformer on the Python standard library's source.",
+}
+
+EXPERIMENTS = {
+    workload: register_experiment(
+        Experiment(
+            name=f"training-{workload}",
+            problem="training",
+            description=f"{text} Every optimizer under one warm-up + cosine schedule and step "
+            "budget, its learning rate tuned on a grid with tuning seeds disjoint from the "
+            "reported seeds; time to AdamW's median final validation loss.",
+            run=run_task,
+            claims=(T1, T2, T3),
+            figures={"curves": figures.curves},
+            tables={"speed-up to AdamW's target": claims.speedup_table},
+            seeds_per_run=SEEDS_PER_RUN,
+            split_methods=True,
+            timing_columns=("wall_seconds", "step_seconds"),
+        )
+    )
+    for workload, text in DESCRIPTIONS.items()
+}
