@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from layerwise.optim import matrix
+from layerwise.optim.distributed import AUTO_GROUP, REPLICATE, Distributed, resolve_group
 from layerwise.optim.kronecker import (
     AUTO,
     CONSECUTIVE_FAILURES,
@@ -118,7 +119,7 @@ def knobs(arguments: dict[str, Any]) -> dict[str, Any]:
     """A named optimizer's constructor arguments (its ``locals()``) as group defaults: plain
     data (enum members as their strings, sequences as tuples), so that checkpoints load with
     ``torch.load(..., weights_only=True)``; the parts rebuild the enums when composed."""
-    skipped = ("self", "params", "model", "__class__")
+    skipped = ("self", "params", "model", "__class__", "process_group", "distributed")
     return {k: _plain(v) for k, v in arguments.items() if k not in skipped}
 
 
@@ -170,7 +171,12 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
 class LayerwiseOptimizer(torch.optim.Optimizer):
     """The torch.optim shell around :class:`~layerwise.optim.parts.Parts` (module docstring).
 
-    ``model``: needed when the statistics are layer factors captured by hooks (KFAC).
+    ``model``: needed when the statistics are layer factors captured by hooks (KFAC); a
+    ``DistributedDataParallel`` wrapper or its ``.module``.
+    ``process_group``: ``"auto"`` (the default process group when ``torch.distributed`` is
+    initialized with several ranks), ``None`` (single process) or a group; ``distributed``:
+    ``"replicate"`` or ``"split"`` (:mod:`layerwise.optim.distributed`). Neither is a
+    param-group knob nor part of ``state_dict()``.
     """
 
     #: Knobs set by the mode when left as ``None`` (see :class:`ModeDefault`).
@@ -189,7 +195,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         *,
         model: nn.Module | None = None,
         skip_layers: Sequence[str | type] = (),
+        process_group: Any = AUTO_GROUP,
+        distributed: str = REPLICATE,
     ) -> None:
+        self._distributed = Distributed(resolve_group(process_group), distributed)
         self._parts_cache: dict[int, tuple[dict[str, Any], Parts]] = {}
         # The optimizer's own knobs (torch.optim adds entries of its own to ``defaults``).
         self._knobs = tuple(defaults)
@@ -214,6 +223,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 parts_of=self.parts,
                 state_of=self._state_of,
                 skip_layers=skip_layers,
+                distributed=self._distributed,
             )
         self._source.index(self.param_groups)
 
@@ -229,6 +239,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         state.update(
             _knobs=self._knobs,
             _source=self._source,
+            _distributed=self._distributed,
             _parts_cache={},
             _workspaces={},
             last_update_scales=dict(self.last_update_scales),
@@ -581,10 +592,18 @@ class Layerwise(LayerwiseOptimizer):
         lr: float = 1e-3,
         *,
         model: nn.Module | None = None,
+        process_group: Any = AUTO_GROUP,
+        distributed: str = REPLICATE,
     ) -> None:
         if not isinstance(parts, Parts):
             raise TypeError(f"parts must be a Parts, got {type(parts).__name__}")
-        super().__init__(params, dict(lr=lr, parts=parts.to_dict()), model=model)
+        super().__init__(
+            params,
+            dict(lr=lr, parts=parts.to_dict()),
+            model=model,
+            process_group=process_group,
+            distributed=distributed,
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if isinstance(param_group.get("parts"), Parts):

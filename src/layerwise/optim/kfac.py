@@ -148,6 +148,10 @@ class KFAC(LayerwiseOptimizer):
             step, damping 0 unless given, ``ggn`` curvature unless given, full precision; a
             singular factor raises :class:`~layerwise.optim.matrix.DecompositionError` instead
             of keeping the previous inverse.
+        process_group, distributed: data-parallel training (``model`` may be the
+            ``DistributedDataParallel`` wrapper): the factor increments are averaged across
+            the group on statistics steps; ``mc_fisher`` seeds ``seed + rank``
+            (:mod:`layerwise.optim.distributed`).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(),
@@ -202,13 +206,22 @@ class KFAC(LayerwiseOptimizer):
         skip_layers: Sequence[str | type] = (),
         maximize: bool = False,
         exact: bool = False,
+        process_group: Any = "auto",
+        distributed: str = "replicate",
     ) -> None:
         loss = loss_name(loss)
         curvature = Curvature(curvature or (Curvature.GGN if exact else Curvature.EMPIRICAL))
         defaults = knobs({k: v for k, v in locals().items() if k != "skip_layers"})
         if params is None:
             params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, defaults, model=model, skip_layers=skip_layers)
+        super().__init__(
+            params,
+            defaults,
+            model=model,
+            skip_layers=skip_layers,
+            process_group=process_group,
+            distributed=distributed,
+        )
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:

@@ -84,8 +84,12 @@ class Muon(LayerwiseOptimizer):
         eps: float = 1e-8,
         maximize: bool = False,
         exact: bool = False,
+        process_group: Any = "auto",
+        distributed: str = "replicate",
     ) -> None:
-        super().__init__(params, knobs(locals()))
+        super().__init__(
+            params, knobs(locals()), process_group=process_group, distributed=distributed
+        )
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:

@@ -87,8 +87,12 @@ class SOAP(LayerwiseOptimizer):
         adam_lr_ratio: float = 1.0,
         maximize: bool = False,
         exact: bool = False,
+        process_group: Any = "auto",
+        distributed: str = "replicate",
     ) -> None:
-        super().__init__(params, knobs(locals()))
+        super().__init__(
+            params, knobs(locals()), process_group=process_group, distributed=distributed
+        )
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from layerwise.optim.distributed import Distributed, all_reduce_coalesced
 from layerwise.optim.kfac_curvature import (
     Curvature,
     CurvatureCapture,
@@ -35,6 +36,7 @@ from layerwise.optim.kfac_curvature import (
     accumulate_row_products,
     input_width,
     output_width,
+    second_moment,
     unsupported_reason,
 )
 from layerwise.optim.kronecker import (
@@ -45,6 +47,7 @@ from layerwise.optim.kronecker import (
     SideLayout,
     accumulate_increment,
     accumulation_weights,
+    statistics_dtype,
 )
 
 
@@ -225,6 +228,12 @@ def _preconditioned_layers(model: nn.Module, skip_layers: Sequence[str | type]) 
     return layers
 
 
+def _is_wrapper(model: nn.Module) -> bool:
+    """Whether ``model`` is a data-parallel wrapper (``DistributedDataParallel``,
+    ``DataParallel``) whose layers live in ``model.module``."""
+    return isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel)
+
+
 def _compiled(model: nn.Module) -> bool:
     """Whether ``model`` is ``torch.compile(module)`` or was compiled in place
     (``module.compile()``)."""
@@ -254,8 +263,13 @@ class LayerFactorSource(GradientSource):
         parts_of: PartsOf,
         state_of: Callable[[nn.Parameter], dict[str, Any]],
         skip_layers: Sequence[str | type] = (),
+        distributed: Distributed | None = None,
     ) -> None:
-        if factors.curvature is not Curvature.EMPIRICAL and _compiled(model):
+        # A DistributedDataParallel (or DataParallel) wrapper: the layers are the inner
+        # module's, the model-output hooks sit on the wrapper (they see its output).
+        inner = getattr(model, "module", None)
+        inner = inner if isinstance(inner, nn.Module) and _is_wrapper(model) else model
+        if factors.curvature is not Curvature.EMPIRICAL and (_compiled(model) or _compiled(inner)):
             raise ValueError(
                 f"KFAC curvature={factors.curvature.value!r} back-propagates to the layers' "
                 "outputs, which a compiled model (torch.compile) hides from autograd; use "
@@ -266,7 +280,10 @@ class LayerFactorSource(GradientSource):
         self.factors = factors
         self._parts_of = parts_of
         self._state_of = state_of
-        self.layers = _preconditioned_layers(model, skip_layers)
+        self.distributed = distributed if distributed is not None else Distributed()
+        #: The increments of the current step, all-reduced across the process group.
+        self._reduced: dict[Layer, list[Tensor | None]] | None = None
+        self.layers = _preconditioned_layers(inner, skip_layers)
         self._layer_of: dict[nn.Parameter, Layer] = {}
         for layer in self.layers:
             if layer.weight in self._layer_of:
@@ -276,7 +293,7 @@ class LayerFactorSource(GradientSource):
         self._group_index: dict[nn.Parameter, int] = {}
         device = next(iter(model.parameters())).device
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(factors.seed)
+        self.generator.manual_seed(self._seed(factors))
         self.capture = CurvatureCapture(
             model,
             self.layers,
@@ -319,6 +336,8 @@ class LayerFactorSource(GradientSource):
         new._layer_of = {layer.weight: layer for layer in new.layers}
         new._groups = copy_of(self._groups, memo)
         new._group_index = copy_of(self._group_index, memo)
+        new.distributed = self.distributed
+        new._reduced = None
         new.generator = torch.Generator(device=self.generator.device)
         new.generator.set_state(self.generator.get_state())
         new.capture = CurvatureCapture(
@@ -335,12 +354,17 @@ class LayerFactorSource(GradientSource):
 
     def _configure(self, factors: LayerFactors) -> None:
         if factors.seed != self.factors.seed:
-            self.generator.manual_seed(factors.seed)
+            self.generator.manual_seed(self._seed(factors))
         self.factors = factors
         self.capture.curvature = factors.curvature
         self.capture.loss = factors.loss
         self.capture.mc_samples = factors.mc_samples
         self.capture.statistics_batch = factors.statistics_batch
+
+    def _seed(self, factors: LayerFactors) -> int:
+        """The ``mc_fisher`` sampler's seed: ``seed + rank`` under a process group, so that the
+        ranks draw independent targets."""
+        return factors.seed + self.distributed.rank
 
     @staticmethod
     def folds_bias(layer: Layer) -> bool:
@@ -404,7 +428,14 @@ class LayerFactorSource(GradientSource):
         decay: float,
     ) -> bool:
         layer = self._layer_of[block.key]
-        increments = self.capture.factor_increments(layer, layout, bias=self.folds_bias(layer))
+        if self.distributed.active:
+            if self._reduced is None:
+                self._reduced = self._all_reduced_increments()
+            increments = self._reduced.get(layer)
+            if increments is None:
+                raise RuntimeError(f"KFAC: no factors were captured for {layer} on this rank")
+        else:
+            increments = self.capture.factor_increments(layer, layout, bias=self.folds_bias(layer))
         if all(increment is None for increment in increments):
             return False  # an empty batch
         beta, alpha = accumulation_weights(accumulation, decay)
@@ -417,9 +448,67 @@ class LayerFactorSource(GradientSource):
                 accumulate_increment(accumulation, decay, state[key], increment)
         return True
 
+    def _samples(self) -> int:
+        """The samples the output factors of this step come from (``statistics_batch`` of each
+        back-propagated forward pass)."""
+        capture = self.capture
+        return sum(capture._samples(capture._batch_sizes[g]) for g in capture._backwarded)
+
+    def _all_reduced_increments(self) -> dict[Layer, list[Tensor | None]]:
+        r"""The factor increments of every captured layer, averaged across the process group
+        weighted by what each rank contributed (``A``: its input rows, ``B``: its samples), as
+        :math:`\sum_r w_r \Delta_r / \sum_r w_r`. All layers' increments and weights travel in
+        one flat buffer per dtype (one ``all_reduce``); row products are materialized first. A
+        rank with an empty batch contributes zeros with weight 0. Every rank must have
+        captured the same layers with the same kinds (the same model and step)."""
+        samples = self._samples()
+        layers = [layer for layer in self.layers if self.capture.capture(layer) is not None]
+        tensors: list[Tensor] = []
+        slots: list[tuple[Layer, int, int]] = []  # (layer, side, index of its tensor)
+        weights: list[float] = []
+        for layer in layers:
+            kinds = self.capture.capture(layer).kinds  # type: ignore[union-attr]
+            increments = self.capture.factor_increments(layer, kinds, bias=self.folds_bias(layer))
+            shape = self.block_shape(layer)
+            like = layer.weight
+            for side, (kind, increment) in enumerate(zip(kinds, increments, strict=True)):
+                if kind is Side.NONE:
+                    continue
+                if isinstance(increment, RowProducts):
+                    weight = float(increment.rows.shape[0]) if side == 1 else float(samples)
+                    dtype = statistics_dtype(like.dtype)
+                    value = second_moment(increment.rows.to(dtype), kind, increment.scale)
+                elif increment is not None:
+                    weight, value = float(samples), increment
+                else:
+                    weight = 0.0
+                    size = shape[side]
+                    dims = {Side.DENSE: (size, size), Side.DIAGONAL: (size,), Side.SCALAR: ()}
+                    value = torch.zeros(
+                        dims[kind], dtype=statistics_dtype(like.dtype), device=like.device
+                    )
+                slots.append((layer, side, len(tensors)))
+                tensors.append(value * weight)
+                weights.append(weight)
+        by_dtype: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_dtype.setdefault((tensor.dtype, tensor.device), []).append(index)
+        totals: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        for key, indices in by_dtype.items():  # the weights ride in the same buffers
+            totals[key] = torch.tensor([weights[i] for i in indices], dtype=key[0], device=key[1])
+        all_reduce_coalesced([*tensors, *totals.values()], self.distributed.group)
+        reduced: dict[Layer, list[Tensor | None]] = {layer: [None, None] for layer in layers}
+        for key, indices in by_dtype.items():
+            for position, i in enumerate(indices):
+                layer, side, _ = slots[i]
+                total = float(totals[key][position])
+                reduced[layer][side] = tensors[i].div_(total) if total > 0 else None
+        return reduced
+
     def step_done(self) -> None:
         # Captures belong to one step; nothing of them is needed afterwards (checkpoints).
         self.capture.clear()
+        self._reduced = None
 
     def remove_hooks(self) -> None:
         self.capture.remove()

@@ -1,0 +1,157 @@
+r"""Data-parallel training (``DistributedDataParallel``): what the optimizers share across ranks.
+
+Every optimizer takes ``process_group`` (a constructor argument, not a param-group knob and
+not part of ``state_dict()``): ``"auto"`` (the default) is the default process group when
+``torch.distributed`` is initialized with more than one rank, and no group otherwise; ``None``
+switches it off; or a ``ProcessGroup``. It is resolved when the optimizer is constructed.
+
+- Shampoo, SOAP and Muon see the gradients DDP has all-reduced, so every rank computes the
+  same step without communication of their own.
+- KFAC's factors come from each rank's local activations and output gradients: on statistics
+  steps the factor increments of all layers are all-reduced as one flat buffer per dtype
+  (:func:`all_reduce_coalesced`), weighted by the rows (``A``) and samples (``B``) each rank
+  contributed, before they are folded into the EMA. With equal local batch sizes this is the
+  plain average, and the factors equal the single-process factors of the global batch.
+- ``distributed="split"``: each block's refresh (inverse root, Cholesky, eigenbasis; Muon's
+  Newton–Schulz) runs on one rank, chosen by :func:`assign_owners`, and its result is
+  broadcast (:func:`broadcast_coalesced`), so every rank keeps the same state.
+
+This module holds the small functions; :mod:`layerwise.optim.statistics` and
+:mod:`layerwise.optim.base` call them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch import distributed as dist
+
+#: ``process_group="auto"``: the default group when one is initialized with several ranks.
+AUTO_GROUP = "auto"
+
+#: The values of ``distributed``: every rank refreshes every block (``"replicate"``), or
+#: each block's refresh runs on one rank and is broadcast (``"split"``).
+REPLICATE = "replicate"
+SPLIT = "split"
+MODES = (REPLICATE, SPLIT)
+
+
+def resolve_group(process_group: Any = AUTO_GROUP) -> Any:
+    """The process group an optimizer uses (module docstring); ``None``: single process."""
+    if isinstance(process_group, str):
+        if process_group != AUTO_GROUP:
+            raise ValueError(f"Invalid process_group: {process_group!r} ('auto', None or a group)")
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        return None if dist.get_world_size() <= 1 else dist.group.WORLD
+    if process_group is not None and dist.get_world_size(process_group) <= 1:
+        return None
+    return process_group
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """An optimizer's process group and mode. A copy (``copy.deepcopy`` of the optimizer)
+    shares the group: a group is a handle of the running job, not state."""
+
+    group: Any = None
+    mode: str = REPLICATE
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Invalid distributed: {self.mode!r} (one of {MODES})")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Distributed:
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.group is not None
+
+    @property
+    def split(self) -> bool:
+        return self.active and self.mode == SPLIT
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group) if self.active else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size(self.group) if self.active else 1
+
+    def global_rank(self, rank: int) -> int:
+        """The global rank of ``rank`` in the group (what ``broadcast`` takes)."""
+        if not self.active or self.group is dist.group.WORLD:
+            return rank
+        return dist.get_global_rank(self.group, rank)
+
+
+def _buckets(tensors: Sequence[Tensor]) -> dict[tuple[torch.dtype, torch.device], list[int]]:
+    buckets: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        buckets.setdefault((tensor.dtype, tensor.device), []).append(index)
+    return buckets
+
+
+def all_reduce_coalesced(tensors: Sequence[Tensor], group: Any) -> None:
+    """Sum ``tensors`` in place across ``group``: one ``all_reduce`` of a flat buffer per dtype
+    and device. Every rank must pass tensors of the same shapes in the same order."""
+    for indices in _buckets(tensors).values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices])
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for i in indices:
+            n = tensors[i].numel()
+            tensors[i].copy_(flat[offset : offset + n].view_as(tensors[i]))
+            offset += n
+
+
+def broadcast_coalesced(tensors: Sequence[Tensor], src: int, group: Any) -> None:
+    """Overwrite ``tensors`` on every rank with those of global rank ``src``: one ``broadcast``
+    of a flat buffer per dtype and device (the same shapes and order on every rank)."""
+    for indices in _buckets(tensors).values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices])
+        dist.broadcast(flat, src=src, group=group)
+        offset = 0
+        for i in indices:
+            n = tensors[i].numel()
+            tensors[i].copy_(flat[offset : offset + n].view_as(tensors[i]))
+            offset += n
+
+
+def refresh_cost(shape: Sequence[int]) -> float:
+    """The cost model of a block's refresh: Σ d³ over its sides (eigh, Cholesky, Newton–Schulz
+    products all grow with the cube of a side)."""
+    return float(sum(int(d) ** 3 for d in shape))
+
+
+def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
+    """Each item's rank: greedy longest-processing-time on ``costs`` (the largest item goes to
+    the least-loaded rank; ties to the lower rank and the earlier item). Deterministic, so every
+    rank computes the same assignment."""
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    loads = [(0.0, rank) for rank in range(world_size)]
+    heapq.heapify(loads)
+    owners = [0] * len(costs)
+    for i in order:
+        load, rank = heapq.heappop(loads)
+        owners[i] = rank
+        heapq.heappush(loads, (load + costs[i], rank))
+    return owners
+
+
+__all__ = [
+    "AUTO_GROUP",
+    "Distributed",
+    "all_reduce_coalesced",
+    "assign_owners",
+    "broadcast_coalesced",
+    "refresh_cost",
+    "resolve_group",
+]
