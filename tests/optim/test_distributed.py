@@ -41,7 +41,20 @@ RANK_CASES = [
     {"name": "soap", "optimizer": "soap", "knobs": {"lr": 1e-2}},
     {"name": "kfac_mc_fisher", "optimizer": "kfac", "knobs": {"curvature": "mc_fisher"}},
 ]
-CASES = EXACT_CASES + RANK_CASES
+#: distributed="split": each block's refresh (Muon: Newton–Schulz) on one rank, broadcast.
+SPLIT_CASES = [
+    {**case, "name": case["name"] + "_split", "distributed": "split"}
+    for case in [*EXACT_CASES[:4], EXACT_CASES[-1], RANK_CASES[0]]
+]
+#: A singular factor in exact mode: the failure policy raises on both ranks (no hang).
+FAILING = {
+    "name": "kfac_exact_singular_split",
+    "optimizer": "kfac",
+    "knobs": {"exact": True},
+    "distributed": "split",
+    "expect_error": True,
+}
+CASES = EXACT_CASES + RANK_CASES + SPLIT_CASES
 
 
 def _spawn(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,7 +83,7 @@ def _spawn(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _spawn(tmp_path_factory.mktemp("ddp"), CASES)
+    return _spawn(tmp_path_factory.mktemp("ddp"), [*CASES, FAILING])
 
 
 def _max_gap(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> float:
@@ -110,6 +123,17 @@ def test_rank_cases_train(ranks: list[dict[str, Any]], case: dict[str, Any]) -> 
     if case["optimizer"] == "soap":  # round-off decides its early eigenbases: close, not equal
         gap = _max_gap(ranks[0][case["name"]]["params"], alone["params"])
         assert gap < 0.5, gap
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=[c["name"] for c in SPLIT_CASES])
+def test_split_equals_replicated(ranks: list[dict[str, Any]], case: dict[str, Any]) -> None:
+    split = ranks[0][case["name"]]["params"]
+    replicated = ranks[0][case["name"].removesuffix("_split")]["params"]
+    assert _max_gap(split, replicated) <= 1e-12
+
+
+def test_split_failure_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    assert [r[FAILING["name"]]["error"] for r in ranks] == ["DecompositionError"] * WORLD
 
 
 def test_process_group_defaults() -> None:

@@ -44,7 +44,16 @@ import torch
 from torch import Tensor, nn
 
 from layerwise.optim import matrix
-from layerwise.optim.distributed import AUTO_GROUP, REPLICATE, Distributed, resolve_group
+from layerwise.optim.distributed import (
+    AUTO_GROUP,
+    REPLICATE,
+    Distributed,
+    all_reduce_coalesced,
+    assign_owners,
+    broadcast_coalesced,
+    refresh_cost,
+    resolve_group,
+)
 from layerwise.optim.kronecker import (
     AUTO,
     CONSECUTIVE_FAILURES,
@@ -57,7 +66,7 @@ from layerwise.optim.kronecker import (
     init_statistics,
     statistics_dtype,
 )
-from layerwise.optim.matrix import Workspace
+from layerwise.optim.matrix import DecompositionError, Workspace
 from layerwise.optim.parts import Parts
 from layerwise.optim.policies import AdamPath, Direction, UpdateScale
 from layerwise.optim.statistics import Block, GradientSource, LayerFactors, LayerFactorSource
@@ -113,6 +122,8 @@ class _Prepared:
     grad: Tensor
     first_moment: Tensor
     step: int
+    #: Whether the transform refreshes this block's preconditioner this step.
+    refresh: bool = False
 
 
 def knobs(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -404,16 +415,19 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     param.add_(piece, alpha=-lr * scale * factor)
 
     def _directions(self, group: dict[str, Any], parts: Parts, blocks: list[Block]) -> list[Update]:
-        """The blocks' directions. A transform that batches (Newton–Schulz) applies all of the
-        group's blocks in one call; the others block by block, so that only one block's
-        intermediate tensors are alive at a time."""
+        """The blocks' directions: every block prepared (first moment, statistics), the
+        refreshes of the step (:meth:`_refresh`), then the application. A transform that
+        batches (Newton–Schulz) applies all of the group's blocks in one call; the others
+        block by block, so that only one block's intermediate tensors are alive at a time."""
         transform = parts.transform
         workspace = self._workspaces.setdefault(id(group), Workspace())
+        prepared_blocks = [self._prepare(parts, block) for block in blocks]
+        pending = [p for p in prepared_blocks if isinstance(p, _Prepared)]
+        self._refresh(parts, [p for p in pending if p.refresh])
         if not transform.batches:
             extra = {"workspace": workspace} if transform.uses_workspace else {}
             updates = []
-            for block in blocks:
-                prepared = self._prepare(parts, block)
+            for block, prepared in zip(blocks, prepared_blocks, strict=True):
                 if isinstance(prepared, _Prepared):
                     with _phase(PROFILE_APPLY):
                         applied = transform.apply(
@@ -426,18 +440,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     prepared = self._finish(parts, prepared, applied)
                 updates.append(Update(group, block, prepared))
             return updates
-        prepared_blocks = [self._prepare(parts, block) for block in blocks]
-        pending = [p for p in prepared_blocks if isinstance(p, _Prepared)]
         applied_blocks: Iterable[Tensor] = ()
         if pending:
             with _phase(PROFILE_APPLY):
-                applied_blocks = transform.apply_batched(
-                    [p.state for p in pending],
-                    [p.first_moment for p in pending],
-                    [p.grad for p in pending],
-                    [p.step for p in pending],
-                    workspace,
-                )
+                applied_blocks = self._apply_batched(transform, pending, workspace)
         applied = iter(applied_blocks)
         return [
             Update(
@@ -447,6 +453,94 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             )
             for block, p in zip(blocks, prepared_blocks, strict=True)
         ]
+
+    def _refresh(self, parts: Parts, pending: list[_Prepared]) -> None:
+        """The refreshes of a group's blocks this step, under the failure policy. With
+        ``distributed="split"`` each block is refreshed on one rank (:func:`assign_owners` on
+        the cube of its sides; the same on every rank), whose fresh tensors are broadcast
+        (one flat buffer per rank and dtype), and the outcome — success or failure — is
+        shared first, so that the policy counts, warns and raises alike on every rank."""
+        if not pending:
+            return
+        transform = parts.transform
+        with _phase(PROFILE_REFRESH):
+            for prepared in pending:
+                _reset_if_overflowed(prepared.state)
+            corrections = [parts.correction(p.state.get(STATISTICS_UPDATES, 0)) for p in pending]
+            spread = self._distributed
+            if not spread.split:
+                for prepared, correction in zip(pending, corrections, strict=True):
+                    parts.failures.refresh(transform, prepared.state, correction=correction)
+                return
+            owners = assign_owners([refresh_cost(p.grad.shape) for p in pending], spread.world_size)
+            errors: list[DecompositionError | None] = [None] * len(pending)
+            for index, (prepared, correction, owner) in enumerate(
+                zip(pending, corrections, owners, strict=True)
+            ):
+                if owner == spread.rank:
+                    try:
+                        transform.refresh(prepared.state, correction=correction)
+                    except DecompositionError as error:
+                        errors[index] = error
+            failed = torch.tensor([float(e is not None) for e in errors], dtype=torch.float64)
+            all_reduce_coalesced([failed], spread.group)  # each block's flag from its owner
+            for rank in range(spread.world_size):
+                tensors = [
+                    prepared.state[key]
+                    for prepared, owner, flag in zip(pending, owners, failed.tolist(), strict=True)
+                    if owner == rank and not flag
+                    for key in transform.refreshed_keys(prepared.state)
+                ]
+                if tensors:
+                    broadcast_coalesced(tensors, spread.global_rank(rank), spread.group)
+            for index, (prepared, correction, owner, flag) in enumerate(
+                zip(pending, corrections, owners, failed.tolist(), strict=True)
+            ):
+                error = errors[index]
+                if flag and error is None:
+                    error = DecompositionError(f"the refresh failed on rank {owner}")
+                if owner != spread.rank and not flag:
+                    transform.adopt_refresh(prepared.state)
+                parts.failures.refresh(_Outcome(error), prepared.state, correction=correction)
+
+    def _apply_batched(
+        self, transform: Any, pending: list[_Prepared], workspace: Workspace
+    ) -> list[Tensor]:
+        """``transform.apply_batched`` of the group's blocks; with ``distributed="split"`` and
+        a transform without statistics (Muon's Newton–Schulz) each block is computed on one
+        rank and broadcast."""
+        spread = self._distributed
+        if not (spread.split and not transform.uses_statistics):
+            return transform.apply_batched(
+                [p.state for p in pending],
+                [p.first_moment for p in pending],
+                [p.grad for p in pending],
+                [p.step for p in pending],
+                workspace,
+            )
+        owners = assign_owners([refresh_cost(p.grad.shape) for p in pending], spread.world_size)
+        mine = [i for i, owner in enumerate(owners) if owner == spread.rank]
+        results: list[Tensor] = []
+        for prepared in pending:
+            dtype = transform.resolved_dtype(prepared.first_moment.dtype)
+            results.append(
+                torch.empty_like(prepared.first_moment, dtype=dtype or prepared.first_moment.dtype)
+            )
+        if mine:
+            computed = transform.apply_batched(
+                [pending[i].state for i in mine],
+                [pending[i].first_moment for i in mine],
+                [pending[i].grad for i in mine],
+                [pending[i].step for i in mine],
+                workspace,
+            )
+            for i, result in zip(mine, computed, strict=True):
+                results[i].copy_(result)
+        for rank in range(spread.world_size):
+            tensors = [results[i] for i, owner in enumerate(owners) if owner == rank]
+            if tensors:
+                broadcast_coalesced(tensors, spread.global_rank(rank), spread.group)
+        return results
 
     def _prepare(self, parts: Parts, block: Block) -> Direction | _Prepared:
         """Everything of a block's step before the application: state, first moment,
@@ -477,12 +571,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     block, state, grad, layout, parts.accumulation, parts.statistics_decay
                 ):
                     state[STATISTICS_UPDATES] = state.get(STATISTICS_UPDATES, 0) + 1
-        if transform.uses_statistics and (step - 1) % parts.refresh_every == 0:
-            with _phase(PROFILE_REFRESH):
-                _reset_if_overflowed(state)
-                correction = parts.correction(state.get(STATISTICS_UPDATES, 0))
-                parts.failures.refresh(transform, state, correction=correction)
-        return _Prepared(state, grad, first_moment, step)
+        refresh = transform.uses_statistics and (step - 1) % parts.refresh_every == 0
+        return _Prepared(state, grad, first_moment, step, refresh)
 
     def _finish(self, parts: Parts, prepared: _Prepared, applied: Tensor) -> Direction:
         """Grafting or the shape scale, then heavy-ball momentum, of a Kronecker block."""
@@ -613,6 +703,19 @@ class Layerwise(LayerwiseOptimizer):
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:
         return Parts.from_dict(group["parts"])
+
+
+class _Outcome:
+    """What the failure policy is handed on every rank after a split refresh: a transform
+    whose refresh only re-raises the owner's error (or succeeds: the state is already
+    fresh)."""
+
+    def __init__(self, error: DecompositionError | None) -> None:
+        self._error = error
+
+    def refresh(self, state: dict[str, Any], *, correction: float = 1.0) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def _reset_if_overflowed(state: dict[str, Any]) -> None:

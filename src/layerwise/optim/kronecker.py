@@ -335,6 +335,16 @@ class Transform(abc.ABC):
         """The compute dtype for parameters of ``dtype`` (``None``: ``dtype`` itself)."""
         return resolve_precision(self.compute_dtype, dtype)
 
+    def refreshed_keys(self, state: dict[str, Any]) -> list[str]:
+        """The state tensors a successful :meth:`refresh` writes (in place), in a fixed order:
+        what ``distributed="split"`` broadcasts from the rank that refreshed the block
+        (default: the preconditioners)."""
+        return [key for key in PRECONDITIONER_KEYS if isinstance(state.get(key), Tensor)]
+
+    def adopt_refresh(self, state: dict[str, Any]) -> None:  # noqa: B027
+        """On the other ranks, after a block's refreshed tensors arrived by broadcast: the rest
+        of what a successful :meth:`refresh` changes besides them (default: nothing)."""
+
 
 def preconditioner_count(layout: SideLayout) -> int:
     """How many sides of ``layout`` precondition (for Shampoo's root rule p = 2 x count)."""

@@ -289,6 +289,13 @@ class EigenbasisAdam(Transform):
         state.pop(EIGENBASIS_EXP_AVG, None)
         state[EIGENBASIS_READY] = True
 
+    def refreshed_keys(self, state: dict[str, Any]) -> list[str]:
+        return [*super().refreshed_keys(state), EIGENBASIS_EXP_AVG_SQ]
+
+    def adopt_refresh(self, state: dict[str, Any]) -> None:
+        state.pop(EIGENBASIS_EXP_AVG, None)
+        state[EIGENBASIS_READY] = True
+
     def apply(
         self,
         state: dict[str, Any],
