@@ -26,15 +26,16 @@ BATCH = 16
 INPUTS, HIDDEN, OUTPUTS = 6, 8, 3
 
 
-def make_model() -> nn.Module:
+def make_model(dtype: torch.dtype = torch.float64) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(
+    model = nn.Sequential(
         nn.Linear(INPUTS, HIDDEN),
         nn.Tanh(),
         nn.Linear(HIDDEN, HIDDEN),
         nn.Tanh(),
         nn.Linear(HIDDEN, OUTPUTS),
-    ).double()
+    )
+    return model.to(dtype)
 
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -59,7 +60,8 @@ def make_optimizer(case: dict[str, Any], model: nn.Module) -> torch.optim.Optimi
 
 def train_case(case: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str, Any]:
     """Parameters after every step, and the losses (of the local batches)."""
-    model = make_model()
+    dtype = getattr(torch, case.get("dtype", "float64"))
+    model = make_model(dtype)
     trained: nn.Module = model
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(model)
@@ -67,6 +69,7 @@ def train_case(case: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str,
     micro = case.get("micro_batches", 1)
     history, losses = [], []
     for x, y in batches():
+        x = x.to(dtype)
         local = BATCH // world
         x, y = x[rank * local : (rank + 1) * local], y[rank * local : (rank + 1) * local]
         optimizer.zero_grad()

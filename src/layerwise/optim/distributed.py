@@ -115,10 +115,10 @@ def all_reduce_coalesced(tensors: Sequence[Tensor], group: Any) -> None:
 def broadcast_coalesced(tensors: Sequence[Tensor], src: int, group: Any) -> None:
     """Overwrite ``tensors`` on every rank with those of global rank ``src``: one ``broadcast``
     of a flat buffer per dtype and device (the same shapes and order on every rank). Bits are
-    copied, so bfloat16 travels as int16 (gloo has no bfloat16)."""
+    copied, so bfloat16 travels as bytes (gloo has no bfloat16)."""
     for indices in _buckets(tensors).values():
         flat = torch.cat([tensors[i].reshape(-1) for i in indices])
-        wire = flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat
+        wire = flat.view(torch.uint8) if flat.dtype == torch.bfloat16 else flat
         dist.broadcast(wire, src=src, group=group)
         offset = 0
         for i in indices:
