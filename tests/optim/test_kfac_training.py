@@ -237,3 +237,25 @@ def test_added_param_group_is_preconditioned():
     opt.add_param_group({"params": list(last.parameters()), "lr": 0.05})
     train_step(model, opt, 0, "mse")
     assert kr.RIGHT_STATISTIC in opt.state[last.weight]
+
+
+@pytest.mark.parametrize("curvature", ["empirical", "ggn"])
+def test_no_step_keeps_its_graph_alive(curvature):
+    """Regression: a hook holding the model output made a cycle through autograd that kept
+    every step's graph (and its activations) alive."""
+    import gc
+    import weakref
+
+    model = mlp(11)
+    opt = KFAC(model, loss="mse", curvature=curvature)
+    x = torch.randn(16, 4, dtype=torch.float64)
+    outputs = []
+    for _ in range(3):
+        opt.zero_grad()
+        out = model(x)
+        outputs.append(weakref.ref(out))
+        functional.mse_loss(out, torch.zeros_like(out)).backward()
+        opt.step()
+        del out
+    gc.collect()
+    assert all(ref() is None for ref in outputs)

@@ -349,6 +349,8 @@ class CurvatureCapture:
         #: Batch size of each forward pass since the last step, and those back-propagated.
         self._batch_sizes: dict[int, int] = {}
         self._backwarded: set[int] = set()
+        #: Model outputs whose curvature backward pass is still to run, by forward pass.
+        self._pending_outputs: dict[int, Tensor] = {}
         self._in_curvature_pass = False
         self._handles = [model.register_forward_pre_hook(_Hook(self._on_model_input))]
         for layer in layers:
@@ -366,6 +368,7 @@ class CurvatureCapture:
         self._captures = {}
         self._batch_sizes = {}
         self._backwarded = set()
+        self._pending_outputs = {}
 
     def capture(self, layer: Layer) -> LayerCapture | None:
         return self._captures.get(layer)
@@ -497,15 +500,19 @@ class CurvatureCapture:
                 f"KFAC curvature={self.curvature.value!r} needs a model output of shape "
                 f"(batch, outputs); got {tuple(output.shape)}"
             )
-        output.register_hook(
-            lambda grad: self._on_model_output_grad(generation, output if pending else None)
-        )
+        if pending:
+            self._pending_outputs[generation] = output
+        # The hook must not hold the output itself: output -> hook -> output is a cycle through
+        # autograd's C++ objects that Python's collector cannot free (it kept every step's
+        # graph alive: ~5 MB a step on a small transformer).
+        output.register_hook(lambda grad: self._on_model_output_grad(generation))
 
-    def _on_model_output_grad(self, generation: int, output: Tensor | None) -> None:
+    def _on_model_output_grad(self, generation: int) -> None:
         # The inner torch.autograd.grad calls reach this hook again.
         if self._in_curvature_pass or generation not in self._batch_sizes:
             return
         self._backwarded.add(generation)
+        output = self._pending_outputs.pop(generation, None)
         if output is None:
             return
         self._in_curvature_pass = True
