@@ -81,7 +81,16 @@ def test_layerwise_with_kfac_parts_is_kfac_bit_for_bit():
     optimizer is only the composition."""
     model = make_mlp()
     twin = copy.deepcopy(model)
-    kfac = KFAC(model, lr=0.1, loss="cross_entropy", curvature="ggn", refresh_every=3, kl_clip=0)
+    kfac = KFAC(
+        model,
+        lr=0.1,
+        loss="cross_entropy",
+        curvature="ggn",
+        refresh_every=3,
+        kl_clip=0,
+        damping=1e-3,
+        adam_lr_ratio=1.0,
+    )
     generic = Layerwise(
         twin.parameters(),
         kfac_parts(InverseRoot(root=1, damping=1e-3)),

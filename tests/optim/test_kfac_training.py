@@ -211,8 +211,9 @@ def test_biases_in_their_own_group_stay_folded_and_take_their_groups_settings():
         lr=lr,
         loss="mse",
         params=[{"params": weights, "weight_decay": decay}, {"params": biases}],
+        adam_lr_ratio=1.0,  # the LayerNorm's Adam path at the same lr as the formula below
     )
-    single = KFAC(twin, lr=lr, loss="mse")
+    single = KFAC(twin, lr=lr, loss="mse", adam_lr_ratio=1.0)
     x = torch.randn(16, 4, dtype=torch.float64)
     y = torch.randn(16, model[-1].out_features, dtype=torch.float64)
     before = [p.detach().clone() for p in model.parameters()]

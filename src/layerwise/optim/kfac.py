@@ -117,19 +117,21 @@ class KFAC(LayerwiseOptimizer):
         accumulation: ``"ema"`` (with ``statistics_decay``, bias-corrected) or ``"latest"``.
         statistics_decay: EMA decay :math:`\beta` of the factors.
         statistics_every, refresh_every: steps between factor updates / inverse recomputations.
-        damping: :math:`\lambda` (see ``damping_split``); default 0 in exact mode, 1e-3 else.
+        damping: :math:`\lambda` (see ``damping_split``); default 0 in exact mode, 0.1 else (see
+            "Defaults" below).
         damping_split: ``"none"`` (λ on each factor) or ``"pi"`` (π-split of a total λ).
         sides: ``"both"``, ``"input"`` (:math:`\nabla (A + \lambda I)^{-1}`) or ``"output"``.
         ekfac: Adam in the Kronecker eigenbasis instead of the inverse factors (:class:`EKFAC`).
         kl_clip: :math:`c` of the KL clip (:class:`~layerwise.optim.policies.Clipping`); 0
-            switches it off. Default 1e-3, and off in exact mode and for EKFAC: with stale
+            switches it off. Default 1e-2, and off in exact mode and for EKFAC: with stale
             amortized inverses and small damping the unclipped step can diverge.
         max_update_norm: if set, the blocks' steps are scaled so that :math:`\eta \lVert D
             \rVert_F` over the group is at most this.
         momentum, nesterov: heavy-ball momentum on the preconditioned direction (clipping
             scales the final step; the buffer keeps the unclipped directions).
         weight_decay: decoupled weight decay.
-        betas, eps, adam_lr_ratio: Adam of the Adam path (at ``lr * adam_lr_ratio``) and of
+        betas, eps, adam_lr_ratio: Adam of the Adam path (at ``lr * adam_lr_ratio``; default
+            0.01, i.e. 1e-3 at the default lr; EKFAC: 1.0) and of
             EKFAC in the eigenbasis.
         max_preconditioner_dim: sides longer than this keep a diagonal factor.
         precondition_dtype: precision of the per-step products with the inverses (``"auto"``:
@@ -168,8 +170,8 @@ class KFAC(LayerwiseOptimizer):
         "statistics_every": ModeDefault(1, 1),
         "refresh_every": ModeDefault(10, 1),
         "statistics_batch": ModeDefault(256, None, unset=AUTO),
-        "damping": ModeDefault(1e-3, 0.0, required=False),
-        "kl_clip": ModeDefault(lambda group: 0.0 if group["ekfac"] else 1e-3, 0.0, required=False),
+        "damping": ModeDefault(0.1, 0.0, required=False),
+        "kl_clip": ModeDefault(lambda group: 0.0 if group["ekfac"] else 1e-2, 0.0, required=False),
     }
     #: Before it was a group knob, ``statistics_batch`` defaulted to all samples.
     CHANGED_DEFAULTS: ClassVar[dict[str, tuple[Any, Any]]] = {"statistics_batch": (AUTO, None)}
@@ -199,7 +201,7 @@ class KFAC(LayerwiseOptimizer):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        adam_lr_ratio: float = 1.0,
+        adam_lr_ratio: float = 0.01,
         max_preconditioner_dim: int = 8192,
         precondition_dtype: str | None = AUTO,
         params: Iterable[Any] | None = None,
@@ -276,6 +278,7 @@ class EKFAC(KFAC):
     KFAC's arguments, with Adam-like defaults (``lr=1e-3``, no KL clip)."""
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, **kwargs: Any) -> None:
+        kwargs.setdefault("adam_lr_ratio", 1.0)  # EKFAC's lr is already Adam's
         if kwargs.pop("ekfac", True) is not True:
             raise ValueError("EKFAC is KFAC with ekfac=True")
         super().__init__(model, lr, ekfac=True, **kwargs)
