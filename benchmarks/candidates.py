@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from layerwise.optim.base import state_bytes
+
 LR = {"adamw": 1e-3, "shampoo": 1e-3, "soap": 3e-3, "muon": 0.02, "kfac": 1e-3}
 #: Our Muon's Adam path runs at lr x adam_lr_ratio (default 0.05); the peers' AdamW match it.
 MUON_ADAM_LR = 1e-3
@@ -110,26 +112,7 @@ class Trainer:
 
     def state_bytes(self) -> int:
         """Bytes of all tensors held in the optimizers' state (shared storages once)."""
-        seen: set[int] = set()
-        total = 0
-
-        def visit(value: Any) -> None:
-            nonlocal total
-            if isinstance(value, Tensor):
-                storage = value.untyped_storage()
-                if storage.data_ptr() not in seen:
-                    seen.add(storage.data_ptr())
-                    total += storage.nbytes()
-            elif isinstance(value, dict):
-                for item in value.values():
-                    visit(item)
-            elif isinstance(value, list | tuple):
-                for item in value:
-                    visit(item)
-
-        for optimizer in self.optimizers:
-            visit(list(optimizer.state.values()))
-        return total
+        return state_bytes(self.optimizers)
 
 
 Factory = Callable[[nn.Module, list[tuple[Tensor, Tensor]]], Trainer]

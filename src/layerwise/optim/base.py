@@ -126,6 +126,31 @@ class _Prepared:
     refresh: bool = False
 
 
+def state_bytes(optimizers: Iterable[torch.optim.Optimizer]) -> int:
+    """Bytes of every tensor held in the optimizers' state (each storage counted once)."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+
+    def visit(value: Any) -> None:
+        nonlocal total
+        if isinstance(value, Tensor):
+            storage = value.untyped_storage()
+            key = (str(value.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+
+    for optimizer in optimizers:
+        visit(list(optimizer.state.values()))
+    return total
+
+
 def knobs(arguments: dict[str, Any]) -> dict[str, Any]:
     """A named optimizer's constructor arguments (its ``locals()``) as group defaults: plain
     data (enum members as their strings, sequences as tuples), so that checkpoints load with
@@ -382,7 +407,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         ]
 
     def _step(self) -> None:
-        work = [(g, self.parts(g), self._blocks(g, self.parts(g))) for g in self.param_groups]
+        composed = [(g, self.parts(g)) for g in self.param_groups]
+        work = [(g, parts, self._blocks(g, parts)) for g, parts in composed]
         grads = [p.grad for _, _, blocks in work for b in blocks for p in b.params]
         if not grads:
             return

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel
-from torch import Tensor, nn
+from torch import nn
 
 from .models import adam_parameters
 from .settings import TrainingSettings
@@ -153,28 +153,3 @@ def schedulers(
         torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(step, settings))
         for opt in optimizers
     ]
-
-
-def state_bytes(optimizers: list[torch.optim.Optimizer]) -> int:
-    """Bytes of every tensor held in the optimizers' state (each storage counted once)."""
-    seen: set[tuple[str, int]] = set()
-    total = 0
-
-    def visit(value: Any) -> None:
-        nonlocal total
-        if isinstance(value, Tensor):
-            storage = value.untyped_storage()
-            key = (str(value.device), storage.data_ptr())
-            if key not in seen:
-                seen.add(key)
-                total += storage.nbytes()
-        elif isinstance(value, dict):
-            for item in value.values():
-                visit(item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                visit(item)
-
-    for optimizer in optimizers:
-        visit(list(optimizer.state.values()))
-    return total

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.experiments.registry import MethodSpec, RunTask
+from layerwise.optim.base import state_bytes
 
 from . import data as data_module
 from . import methods, models
@@ -168,7 +169,7 @@ def train(
                     wall_seconds=wall,
                 )
             )
-    memory = methods.state_bytes(optimizers)
+    memory = state_bytes(optimizers)
     for row in rows:
         row.update(
             seed=seed,
