@@ -2,13 +2,17 @@
 
 A case is plain data (a name, the optimizer, its knobs); :func:`train_case` trains it either in
 a single process on the whole batches, or as one rank of a ``DistributedDataParallel`` job on
-its slice of each batch, and returns the parameters after every step. :func:`worker` is the
+its slice of each batch (``"wrapper": "fsdp"``: sharded by FSDP2's ``fully_shard``), and
+returns the parameters after every step; ``"resume"`` (``"state_dict"`` or ``"dcp"``) saves
+model and optimizer after ``"resume_at"`` steps and continues from a fresh model and optimizer
+that load them. :func:`worker` is the
 spawned process: it runs several cases per spawn (spawning is slow) and writes the results
 to a file for the parent to compare.
 """
 
 from __future__ import annotations
 
+import io
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +21,15 @@ from typing import Any
 import torch
 from torch import distributed as dist
 from torch import nn
+from torch.distributed import checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn import functional as F
 
 from layerwise.optim import KFAC, SOAP, Muon, Shampoo
@@ -58,17 +71,69 @@ def make_optimizer(case: dict[str, Any], model: nn.Module) -> torch.optim.Optimi
     return cls(model.parameters(), **knobs, **extra)
 
 
+def _wrap(model: nn.Module, case: dict[str, Any], world: int) -> nn.Module:
+    if world == 1:
+        return model
+    if case.get("wrapper") == "fsdp":
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        return fully_shard(model)
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def _full(param: torch.Tensor) -> torch.Tensor:
+    return (param.full_tensor() if isinstance(param, DTensor) else param).detach().clone()
+
+
+def _resume(
+    case: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, world: int
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """Save model and optimizer, then a fresh model and optimizer (another initialization)
+    that load them."""
+    dtype = next(model.parameters()).dtype
+    fresh = make_model(dtype)
+    with torch.no_grad():
+        for param in fresh.parameters():
+            param.mul_(-0.5)  # loading must overwrite every entry
+    trained = _wrap(fresh, case, world)
+    if case["resume"] == "model_only":  # the optimizer starts afresh (a check that can fail)
+        fresh.load_state_dict(model.state_dict())
+        return fresh, trained, make_optimizer(case, trained)
+    if case["resume"] == "state_dict":
+        buffer = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+        buffer.seek(0)
+        saved = torch.load(buffer, weights_only=False)
+        fresh.load_state_dict(saved["model"])
+        reloaded = make_optimizer(case, trained if case.get("wrapped", True) else fresh)
+        reloaded.load_state_dict(saved["optimizer"])
+        return fresh, trained, reloaded
+    directory = case["checkpoint_dir"]
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=directory)
+    reloaded = make_optimizer(case, trained if case.get("wrapped", True) else fresh)
+    model_state, optimizer_state = get_state_dict(fresh, reloaded)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=directory)
+    set_model_state_dict(fresh, state["model"])
+    # KFAC keeps a folded bias's state on its weight, so the bias has none of its own.
+    options = StateDictOptions(strict=case["optimizer"] != "kfac")
+    set_optimizer_state_dict(fresh, reloaded, state["optimizer"], options=options)
+    return fresh, trained, reloaded
+
+
 def train_case(case: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str, Any]:
     """Parameters after every step, and the losses (of the local batches)."""
     dtype = getattr(torch, case.get("dtype", "float64"))
     model = make_model(dtype)
-    trained: nn.Module = model
-    if world > 1:
-        trained = nn.parallel.DistributedDataParallel(model)
+    trained = _wrap(model, case, world)
     optimizer = make_optimizer(case, trained if case.get("wrapped", True) else model)
     micro = case.get("micro_batches", 1)
     history, losses = [], []
-    for x, y in batches():
+    for index, (x, y) in enumerate(batches()):
+        if "resume" in case and index == case["resume_at"]:
+            model, trained, optimizer = _resume(case, model, optimizer, world)
         x = x.to(dtype)
         local = BATCH // world
         x, y = x[rank * local : (rank + 1) * local], y[rank * local : (rank + 1) * local]
@@ -77,14 +142,18 @@ def train_case(case: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str,
         for m in range(micro):
             xm, ym = x[m * size : (m + 1) * size], y[m * size : (m + 1) * size]
             last = m == micro - 1
-            context = trained.no_sync() if world > 1 and not last else _nothing()
+            ddp = isinstance(trained, nn.parallel.DistributedDataParallel)
+            context = trained.no_sync() if ddp and not last else _nothing()
             with context:
                 loss = F.cross_entropy(trained(xm), ym) / micro
                 loss.backward()
             losses.append(float(loss.detach()))
         optimizer.step()
-        history.append([p.detach().clone() for p in model.parameters()])
-    return {"params": history, "losses": losses}
+        history.append([_full(p) for p in model.parameters()])
+    result: dict[str, Any] = {"params": history, "losses": losses}
+    if case.get("keep_state"):
+        result["state_dict"] = optimizer.state_dict()
+    return result
 
 
 class _nothing:
@@ -108,6 +177,8 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, cases: list[dict
             timeout=timedelta(seconds=60),
         )
         for case in cases:
+            if case.get("resume") == "dcp":  # one directory that every rank sees
+                case = {**case, "checkpoint_dir": str(Path(out_dir) / case["name"])}
             if case.get("expect_error"):
                 try:
                     train_case(case, rank, world)

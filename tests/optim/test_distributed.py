@@ -64,7 +64,54 @@ FLOAT32_CASES = [
 SPLIT_CASES += [
     {**case, "name": case["name"] + "_split", "distributed": "split"} for case in FLOAT32_CASES
 ]
-CASES = EXACT_CASES + RANK_CASES + FLOAT32_CASES + SPLIT_CASES
+#: FSDP2 (fully_shard on every Linear and the root): DTensor parameters sharded on dim 0
+#: (the 3-row output layer unevenly). Compared with the single-process run to 1e-10.
+FSDP_EXACT_CASES = [
+    {**case, "name": case["name"] + "_fsdp", "wrapper": "fsdp"}
+    for case in [
+        EXACT_CASES[0],
+        EXACT_CASES[1],
+        EXACT_CASES[3],
+        EXACT_CASES[-1],
+        SPLIT_CASES[0],
+        SPLIT_CASES[1],
+        SPLIT_CASES[3],
+    ]
+]
+FSDP_EXACT_CASES[0]["keep_state"] = True
+FSDP_SOAP = {**RANK_CASES[0], "name": "soap_fsdp", "wrapper": "fsdp"}
+#: Save after 2 of 4 steps (optimizer.state_dict(), or DCP), load into a fresh model and
+#: optimizer, continue: bit for bit the uninterrupted FSDP2 run ("model_only", where the
+#: optimizer starts afresh, must differ).
+RESUME_CASES = [
+    {
+        **base,
+        "name": f"{base['name']}_{how}",
+        "uninterrupted": base["name"],
+        "resume": how,
+        "resume_at": 2,
+    }
+    for base, how in [
+        (FSDP_EXACT_CASES[0], "state_dict"),
+        (FSDP_EXACT_CASES[2], "state_dict"),
+        (FSDP_EXACT_CASES[0], "dcp"),
+        (FSDP_EXACT_CASES[1], "dcp"),
+        (FSDP_EXACT_CASES[2], "dcp"),
+        (FSDP_EXACT_CASES[3], "dcp"),
+        (FSDP_SOAP, "dcp"),
+        (FSDP_EXACT_CASES[0], "model_only"),
+    ]
+]
+#: KFAC's extra backward passes need unsharded weights: refused under FSDP2.
+FSDP_REFUSED = {
+    "name": "kfac_ggn_fsdp",
+    "optimizer": "kfac",
+    "knobs": {"curvature": "ggn"},
+    "wrapper": "fsdp",
+    "expect_error": True,
+}
+FSDP_CASES = [*FSDP_EXACT_CASES, FSDP_SOAP, *RESUME_CASES]
+CASES = EXACT_CASES + RANK_CASES + FLOAT32_CASES + SPLIT_CASES + FSDP_CASES
 
 
 def _spawn(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -93,7 +140,7 @@ def _spawn(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _spawn(tmp_path_factory.mktemp("ddp"), [*CASES, FAILING])
+    return _spawn(tmp_path_factory.mktemp("ddp"), [*CASES, FAILING, FSDP_REFUSED])
 
 
 def _max_gap(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> float:
@@ -144,6 +191,58 @@ def test_split_equals_replicated(ranks: list[dict[str, Any]], case: dict[str, An
 
 def test_split_failure_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     assert [r[FAILING["name"]]["error"] for r in ranks] == ["DecompositionError"] * WORLD
+
+
+def _without(case: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in case.items() if k not in keys}
+
+
+@pytest.mark.parametrize("case", FSDP_EXACT_CASES, ids=[c["name"] for c in FSDP_EXACT_CASES])
+def test_fsdp_equals_one_process(ranks: list[dict[str, Any]], case: dict[str, Any]) -> None:
+    alone = train_case(_without(case, "wrapper", "distributed", "keep_state"))
+    gap = _max_gap(ranks[0][case["name"]]["params"], alone["params"])
+    assert gap < 1e-10, gap
+    assert _max_gap(alone["params"][-1:], [train_case_start()]) > 1e-3
+
+
+def test_fsdp_soap_trains_close_to_one_process(ranks: list[dict[str, Any]]) -> None:
+    sharded = ranks[0][FSDP_SOAP["name"]]
+    assert all(torch.isfinite(torch.tensor(sharded["losses"])))
+    alone = train_case(_without(FSDP_SOAP, "wrapper"))
+    assert _max_gap(sharded["params"], alone["params"]) < 0.5  # round-off: see RANK_CASES
+
+
+@pytest.mark.parametrize("case", RESUME_CASES, ids=[c["name"] for c in RESUME_CASES])
+def test_fsdp_resume_is_bit_identical(ranks: list[dict[str, Any]], case: dict[str, Any]) -> None:
+    uninterrupted = ranks[0][case["uninterrupted"]]["params"]
+    resumed = ranks[0][case["name"]]["params"]
+    if case["resume"] == "model_only":
+        assert _max_gap(resumed, uninterrupted) > 1e-6
+    else:
+        assert _max_gap(resumed, uninterrupted) == 0.0
+
+
+def test_fsdp_state_dict_is_full_and_loads_in_one_process(ranks: list[dict[str, Any]]) -> None:
+    from distributed_cases import make_model, make_optimizer
+
+    case = FSDP_EXACT_CASES[0]
+    sharded = ranks[0][case["name"]]["state_dict"]
+    alone = train_case({**_without(case, "wrapper"), "keep_state": True})["state_dict"]
+    assert sharded["param_groups"] == alone["param_groups"]
+    assert sharded["state"].keys() == alone["state"].keys()
+    for index, state in alone["state"].items():
+        for key, value in state.items():
+            other = sharded["state"][index][key]
+            if isinstance(value, torch.Tensor):
+                assert type(other) is torch.Tensor and other.shape == value.shape, key
+                assert float((other - value).abs().max()) < 1e-10, key
+            else:
+                assert other == value, key
+    make_optimizer(case, make_model()).load_state_dict(sharded)
+
+
+def test_fsdp_refuses_kfac_curvature_passes(ranks: list[dict[str, Any]]) -> None:
+    assert [r[FSDP_REFUSED["name"]]["error"] for r in ranks] == ["ValueError"] * WORLD
 
 
 def test_process_group_defaults() -> None:

@@ -51,6 +51,8 @@ from layerwise.optim.distributed import (
     all_reduce_coalesced,
     assign_owners,
     broadcast_coalesced,
+    full_tensors,
+    local_part,
     refresh_cost,
     resolve_group,
 )
@@ -241,6 +243,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._source: GradientSource = GradientSource()
         #: Scratch tensors of each param group's batched application, kept between steps.
         self._workspaces: dict[int, Workspace] = {}
+        #: During a step, the full gradients of sharded (FSDP2, DTensor) parameters.
+        self._full_grads: dict[Tensor, Tensor] = {}
         #: Per param-group index, the factor by which the last step's Kronecker directions
         #: were scaled by clipping (groups without clipping are absent).
         self.last_update_scales: dict[int, float] = {}
@@ -278,6 +282,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             _distributed=self._distributed,
             _parts_cache={},
             _workspaces={},
+            _full_grads={},
             last_update_scales=dict(self.last_update_scales),
         )
         return state
@@ -394,8 +399,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         try:
             self._step()
         finally:
+            self._full_grads = {}
             self._source.step_done()
         return loss
+
+    def _grad(self, param: Tensor) -> Tensor:
+        """The parameter's gradient; the full matrix for a sharded (DTensor) parameter."""
+        return self._full_grads.get(param, param.grad)
 
     def _blocks(self, group: dict[str, Any], parts: Parts) -> list[Block]:
         if parts.preconditioned:
@@ -409,7 +419,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _step(self) -> None:
         composed = [(g, self.parts(g)) for g in self.param_groups]
         work = [(g, parts, self._blocks(g, parts)) for g, parts in composed]
-        grads = [p.grad for _, _, blocks in work for b in blocks for p in b.params]
+        params = [p for _, _, blocks in work for b in blocks for p in b.params]
+        # FSDP2: each sharded gradient is gathered whole (the preconditioners need the full
+        # matrix; docs/composition.md), and each rank writes back its own shard of the step.
+        self._full_grads = full_tensors(params)
+        grads = [self._grad(p) for p in params]
         if not grads:
             return
         if not matrix.all_finite(grads):
@@ -433,12 +447,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 lr = scalar(group["lr"])
                 if not block.kronecker:
                     lr *= parts.adam.lr_ratio
+                target, piece = local_part(param, piece)
                 if parts.weight_decay:
-                    param.mul_(1.0 - lr * parts.weight_decay)
+                    target.mul_(1.0 - lr * parts.weight_decay)
                 if isinstance(factor, Tensor):
-                    param.addcmul_(piece, factor, value=-lr * scale)
+                    if factor.dim():
+                        factor = local_part(param, factor)[1]
+                    target.addcmul_(piece, factor, value=-lr * scale)
                 else:
-                    param.add_(piece, alpha=-lr * scale * factor)
+                    target.add_(piece, alpha=-lr * scale * factor)
 
     def _directions(self, group: dict[str, Any], parts: Parts, blocks: list[Block]) -> list[Update]:
         """The blocks' directions: every block prepared (first moment, statistics), the
@@ -572,7 +589,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """Everything of a block's step before the application: state, first moment,
         statistics and refresh. Returns the final direction for Adam-path blocks."""
         state = self.state[block.key]
-        grad = block.matrix([p.grad for p in block.params])
+        grad = block.matrix([self._grad(p) for p in block.params])
         if block.kronecker:
             # bf16 / fp16 parameters: the whole Kronecker path (moments included) runs in
             # float32, and only the update is rounded to the parameters' dtype. Adam's own
@@ -645,7 +662,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             initial = group.get("initial_lr")
             scales[index] = parts.clipping.scale(
                 scalar(group["lr"]),
-                [(b.split(d.tensor), [sign * p.grad for p in b.params], d) for b, d in mine],
+                [(b.split(d.tensor), [sign * self._grad(p) for p in b.params], d) for b, d in mine],
                 initial_lr=None if initial is None else scalar(initial),
             )
         self.last_update_scales = scales

@@ -15,6 +15,16 @@ switches it off; or a ``ProcessGroup``. It is resolved when the optimizer is con
 - ``distributed="split"``: each block's refresh (inverse root, Cholesky, eigenbasis; Muon's
   Newton–Schulz) runs on one rank, chosen by :func:`assign_owners`, and its result is
   broadcast (:func:`broadcast_coalesced`), so every rank keeps the same state.
+- FSDP2 (``torch.distributed.fsdp.fully_shard``: parameters and gradients are DTensors,
+  sharded on dim 0): each sharded gradient is gathered whole (:func:`full_tensors`), the step
+  is computed on the full matrix exactly as in one process (replicated, or with the refresh
+  split as above), and each rank writes back only its own shard (:func:`local_part`).
+  Preconditioning each shard as a block of its own (Distributed Shampoo's way) would save the
+  gather but change the method: the statistics of a row block ``G_i`` are ``G_i G_iᵀ`` and
+  ``G_iᵀ G_i``, so the left preconditioner becomes block-diagonal (cross-shard rows
+  ignored) and the right one a different matrix per shard (Σ_i G_iᵀ G_i is what one process
+  sees); Muon's orthogonalization of each shard is not that of the whole matrix either. The
+  optimizer state then holds full matrices on every rank (like DDP), not shards.
 
 This module holds the small functions; :mod:`layerwise.optim.statistics` and
 :mod:`layerwise.optim.base` call them.
@@ -30,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch import distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 #: ``process_group="auto"``: the default group when one is initialized with several ranks.
 AUTO_GROUP = "auto"
@@ -127,6 +138,28 @@ def broadcast_coalesced(tensors: Sequence[Tensor], src: int, group: Any) -> None
             offset += n
 
 
+def full_tensors(params: Sequence[Tensor]) -> dict[Tensor, Tensor]:
+    """The full gradient of each sharded (DTensor) parameter among ``params`` (an all-gather
+    each; every rank must pass the same parameters in the same order)."""
+    return {
+        p: p.grad.full_tensor()
+        for p in params
+        if isinstance(p, DTensor) and isinstance(p.grad, DTensor)
+    }
+
+
+def local_part(param: Tensor, full: Tensor) -> tuple[Tensor, Tensor]:
+    """``(target, piece)``: for a DTensor ``param``, its local shard (written in place) and this
+    rank's part of the full-shape ``full`` (sliced locally, no communication: ``full`` is the
+    same on every rank); otherwise ``(param, full)``."""
+    if not isinstance(param, DTensor):
+        return param, full
+    local = distribute_tensor(
+        full, param.device_mesh, param.placements, src_data_rank=None
+    ).to_local()
+    return param.to_local(), local
+
+
 def refresh_cost(shape: Sequence[int]) -> float:
     """The cost model of a block's refresh: Σ d³ over its sides (eigh, Cholesky, Newton–Schulz
     products all grow with the cube of a side)."""
@@ -154,6 +187,8 @@ __all__ = [
     "all_reduce_coalesced",
     "assign_owners",
     "broadcast_coalesced",
+    "full_tensors",
+    "local_part",
     "refresh_cost",
     "resolve_group",
 ]

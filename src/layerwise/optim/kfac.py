@@ -58,6 +58,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from layerwise.optim.base import PRECISION_MODE, LayerwiseOptimizer, ModeDefault, adam_path, knobs
 from layerwise.optim.kfac_curvature import Curvature, Loss
@@ -224,6 +225,7 @@ class KFAC(LayerwiseOptimizer):
             process_group=process_group,
             distributed=distributed,
         )
+        _refuse_fsdp_curvature_passes(self.param_groups)
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:
@@ -271,6 +273,20 @@ class KFAC(LayerwiseOptimizer):
             # Exact mode: a singular factor is an error, not a silently kept old inverse.
             failures=FailurePolicy(max_consecutive_failures=0 if group["exact"] else None),
         )
+
+
+def _refuse_fsdp_curvature_passes(param_groups: list[dict[str, Any]]) -> None:
+    """FSDP2 frees each layer's unsharded weight after the backward pass, so the extra
+    backward passes of ``curvature="ggn"`` / ``"mc_fisher"`` cannot run through the sharded
+    model: refused at construction, with what works instead."""
+    for group in param_groups:
+        sharded = any(isinstance(p, DTensor) for p in group["params"])
+        if sharded and Curvature(group["curvature"]) is not Curvature.EMPIRICAL:
+            raise ValueError(
+                f"KFAC curvature={group['curvature']!r} is not supported under FSDP2 "
+                "(fully_shard): its extra backward pass needs the unsharded weights; use "
+                "curvature='empirical', or DistributedDataParallel for 'ggn' / 'mc_fisher'"
+            )
 
 
 class EKFAC(KFAC):

@@ -432,6 +432,8 @@ class LayerFactorSource(GradientSource):
             if self._reduced is None:
                 self._reduced = self._all_reduced_increments()
             increments = self._reduced.get(layer)
+            if increments is None and not self._reduced:
+                return False  # nothing captured on any rank (as one process: no statistics)
             if increments is None:
                 raise RuntimeError(f"KFAC: no factors were captured for {layer} on this rank")
         else:
