@@ -49,6 +49,30 @@ class Verdict:
     summary: str
 
 
+def combine_parts(parts: Mapping[str, Verdict]) -> Verdict:
+    """One verdict from the verdicts of a claim's parts (e.g. ``C2-κx`` and ``C2-κF``).
+
+    A claim decides what the stored data can decide: it does not hold if a decided part does
+    not hold; it holds if every decided part holds; it is undecided only when no part could be
+    decided. The parts not decided are named, with what they lack, in
+    ``evidence["undecided_parts"]`` and in the summary; each part's evidence is under its name.
+    """
+    decided = {name: part for name, part in parts.items() if part.holds is not None}
+    missing = {name: part.summary for name, part in parts.items() if part.holds is None}
+    holds = None if not decided else all(bool(part.holds) for part in decided.values())
+    evidence: dict[str, Any] = {
+        name: {"holds": part.holds, **part.evidence} for name, part in decided.items()
+    }
+    if missing:
+        evidence["undecided_parts"] = missing
+    words = {True: "holds", False: "does not hold"}
+    summary = "; ".join(
+        [f"{name} {words[bool(part.holds)]}: {part.summary}" for name, part in decided.items()]
+        + [f"{name} undecided: {reason}" for name, reason in missing.items()]
+    )
+    return Verdict(holds=holds, evidence=evidence, summary=summary)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Claim:
     """A claim of SPEC.md §5, decided from one experiment's stored table."""

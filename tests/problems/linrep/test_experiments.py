@@ -98,19 +98,20 @@ def test_slope_claims_on_synthetic_tables():
     flat = claims.decide_c1(_kappa_table({"kfac_half": 0.0}))
     steep = claims.decide_c1(_kappa_table({"kfac_half": 0.5}))
     assert flat.holds is True and steep.holds is False
-    # C2 needs a κF sweep too; without it the claim is undecided, not silently True.
-    assert claims.decide_c2(_kappa_table({"sgd": 1.0, "amd": 1.0})).holds is None
+    # Without a κF sweep C2 decides its κx part and names the κF part as undecided (issue 15).
+    partial = claims.decide_c2(_kappa_table({"sgd": 1.0, "amd": 1.0}))
+    assert partial.holds is True and "C2-κF" in partial.evidence["undecided_parts"]
 
 
 def test_floor_claim_on_synthetic_table():
     rows = [
-        dict(algorithm=a, n_effective_minus_d=m, stationary_distance=c / np.sqrt(m))
+        dict(method=a, algorithm=a, n_effective_minus_d=m, stationary_distance=c / np.sqrt(m))
         for a, c in (("kfac", 1.0), ("dfw", 2.0))
         for m in (50, 150, 350, 750)
     ]
     verdict = claims.decide_c8(pd.DataFrame(rows))
     assert verdict.holds is True
-    assert verdict.evidence["kfac"]["slope"] == pytest.approx(-0.5)
+    assert verdict.evidence["C8-kfac"]["kfac"]["slope"] == pytest.approx(-0.5)
 
 
 def test_floor_quick_through_the_runner_store_and_report(tmp_path):

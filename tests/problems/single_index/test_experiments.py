@@ -100,6 +100,7 @@ def _risk_table(risks: dict[str, float]) -> pd.DataFrame:
         dict(
             seed=seed,
             method=method,
+            algorithm=method.split("_")[0],
             kappa=100.0,
             n_over_d=ratio,
             excess_risk=risk * (1 + 0.01 * seed),
@@ -119,6 +120,35 @@ def test_c12_and_c13_decide_both_ways():
     assert claims.decide_risk_order(_risk_table({**good, "sgd": 0.2})).holds is False
     assert claims.decide_adam_batchnorm(_risk_table({**good, "adam": 0.005})).holds is False
     assert claims.decide_risk_order(_risk_table({"rf": 0.1, "sgd": 0.05})).holds is None
+
+
+def test_c13_decides_its_adam_part_without_batchnorm_and_each_kfac_label():
+    # Issue 15: a config without batchnorm still decides adam; two kfac labels are each compared.
+    risks = {"rf": 0.1, "sgd": 0.05, "kfac": 0.01, "kfac_damped": 0.03, "adam": 0.02}
+    verdict = claims.decide_adam_batchnorm(_risk_table(risks))
+    assert verdict.holds is False  # adam (0.02) is below kfac_damped (0.03)
+    assert verdict.evidence["undecided_parts"]["C13-batchnorm"] == (
+        "needs methods ['batchnorm'] (not among the methods) at n/d >= 2 and kappa > 1"
+    )
+    fine = claims.decide_adam_batchnorm(_risk_table({**risks, "adam": 0.04}))
+    assert fine.holds is True and "C13-batchnorm undecided" in fine.summary
+    assert claims.decide_risk_order(_risk_table(risks)).holds is True
+
+
+def test_c10_decides_each_kfac_label_apart():
+    # Two kfac labels of one algorithm: one aligned (0.97), one not (0.5); pooled they would
+    # average to a number that belongs to neither.
+    good = _alignment_table(0.6, 0.95, 0.97)
+    bad = _alignment_table(0.6, 0.95, 0.5)
+    bad = bad[bad["method"] == "kfac"].assign(method="kfac_damped")
+    verdict = claims.decide_kfac_alignment(pd.concat([good, bad], ignore_index=True))
+    assert verdict.holds is False
+    assert verdict.evidence["kfac,kappa=100"]["median_by_n_over_d"]["8"] == pytest.approx(
+        0.9715, abs=1e-3
+    )
+    assert verdict.evidence["kfac_damped,kappa=100"]["median_by_n_over_d"]["8"] == pytest.approx(
+        0.5015, abs=1e-3
+    )
 
 
 def test_cli_runs_the_quick_alignment_experiment_and_reports_its_claims(tmp_path):

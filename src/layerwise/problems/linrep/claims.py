@@ -10,6 +10,11 @@ Thresholds are fixed here, before looking at results, and stated in each claim's
 - C5/C6 "still slows with κ": slope ≥ 0.3 over κ ≥ 10 on rotated Σx; C5 "helps more on
   axis-aligned Σx": the axis-aligned slope is at least 0.2 below the rotated one;
 - C8 "shrinks like (n_eff − d)^(−½)": slopes against n_eff − d in [−0.7, −0.3].
+
+Every decision is per method label (one algorithm may appear under several labels), and a claim
+with several parts (C2: κx and κF; C5: rotated and axis-aligned; C8: kfac and dfw) decides each
+part the table can decide, naming what is missing for the others
+(:func:`~layerwise.experiments.registry.combine_parts`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from layerwise.experiments.registry import Claim, Verdict
+from layerwise.experiments.registry import Claim, Verdict, combine_parts
 
 SLOPE_FLAT = 0.1
 SLOPE_LINEAR = 0.7
@@ -87,30 +92,55 @@ def decide_c1(table: pd.DataFrame) -> Verdict:
     return Verdict(holds=holds, evidence=evidence, summary=f"kfac log-log slopes {slopes}")
 
 
-def decide_c2(table: pd.DataFrame) -> Verdict:
-    evidence, holds = {}, True
+def _values(rows: pd.DataFrame, column: str) -> str:
+    return ", ".join(f"{value:g}" for value in sorted(rows[column].dropna().unique())) or "none"
+
+
+def _c2_part(table: pd.DataFrame, varying: str, fixed: str, minimum: float, threshold: float):
+    """Slope of each sgd/amd label's median iterations against ``varying`` (``fixed`` at its
+    smallest value, ``varying`` >= ``minimum``)."""
+    evidence, holds, missing = {}, True, []
     for algorithm in ("sgd", "amd"):
         rows = table[table["algorithm"] == algorithm]
         if rows.empty:
-            return _undecided(f"no {algorithm} rows")
-        for varying, fixed, minimum, threshold in (
-            ("kappa_x", "kappa_f", 10.0, SLOPE_LINEAR),
-            ("kappa_f", "kappa_x", 0.0, SLOPE_KAPPA_F),
-        ):
-            sweep = _sweep(rows, varying, fixed)
+            missing.append(f"no {algorithm} rows (not among the methods)")
+        for label, group in rows.groupby("method"):
+            sweep = _sweep(group, varying, fixed)
             slope, points = _slope_of(sweep, varying, minimum)
             if math.isnan(slope):
-                return _undecided(f"{algorithm}: fewer than two {varying} values to fit")
-            evidence[f"{algorithm} vs {varying}"] = {"slope": slope, "min": threshold, **points}
+                at = group[group[fixed] == group[fixed].min()]
+                above = f" >= {minimum:g}" if minimum else ""
+                missing.append(
+                    f"{label}: fewer than two {varying} values{above} at {fixed} = "
+                    f"{group[fixed].min():g} (the table has {varying} {_values(at, varying)})"
+                )
+                continue
+            evidence[f"{label} vs {varying}"] = {"slope": slope, "min": threshold, **points}
             holds &= slope >= threshold
+    if not evidence:
+        return _undecided("; ".join(missing))
     slopes = ", ".join(f"{k}: {v['slope']:.2f}" for k, v in evidence.items())
+    if missing:
+        evidence["missing"] = missing
     return Verdict(holds=bool(holds), evidence=evidence, summary=f"slopes {slopes}")
+
+
+def decide_c2(table: pd.DataFrame) -> Verdict:
+    return combine_parts(
+        {
+            "C2-κx": _c2_part(table, "kappa_x", "kappa_f", 10.0, SLOPE_LINEAR),
+            "C2-κF": _c2_part(table, "kappa_f", "kappa_x", 0.0, SLOPE_KAPPA_F),
+        }
+    )
 
 
 def decide_c3(table: pd.DataFrame) -> Verdict:
     rows = table[(table["kappa_x"] == 1.0) & (table["kappa_f"] == 1.0)]
     if rows.empty:
-        return _undecided("no rows with kappa_x = kappa_f = 1")
+        return _undecided(
+            "no rows with kappa_x = kappa_f = 1 (the table has kappa_x "
+            f"{_values(table, 'kappa_x')}, kappa_f {_values(table, 'kappa_f')})"
+        )
     failed = rows.groupby("method")["censored"].sum()
     worst = rows.groupby("method")["iterations_to_eps"].max()
     evidence = {
@@ -168,58 +198,109 @@ def decide_c4(table: pd.DataFrame) -> Verdict:
     return Verdict(holds=bool(worse_everywhere), evidence=evidence, summary="; ".join(parts))
 
 
-def _basis_slopes(table: pd.DataFrame, algorithm: str) -> dict[str, tuple[float, dict]]:
-    rows = table[table["algorithm"] == algorithm]
+def _basis_slopes(rows: pd.DataFrame) -> dict[str, tuple[float, dict]]:
     return {basis: _slope_of(group, "kappa_x", 10.0) for basis, group in rows.groupby("basis")}
 
 
+def _labels(table: pd.DataFrame, algorithm: str) -> dict[str, pd.DataFrame]:
+    rows = table[table["algorithm"] == algorithm]
+    return {str(label): group for label, group in rows.groupby("method")}
+
+
 def decide_c5(table: pd.DataFrame) -> Verdict:
-    slopes = _basis_slopes(table, "adam")
-    if not {"rotated", "axis_aligned"} <= set(slopes):
-        return _undecided("needs adam rows on rotated and axis-aligned bases")
-    rotated, axis = slopes["rotated"][0], slopes["axis_aligned"][0]
-    if math.isnan(rotated) or math.isnan(axis):
-        return _undecided("fewer than two kappa values >= 10")
-    holds = rotated >= SLOPE_STILL_SLOWS and axis <= rotated - SLOPE_AXIS_GAIN
-    evidence = {
-        "rotated": {"slope": rotated, **slopes["rotated"][1]},
-        "axis_aligned": {"slope": axis, **slopes["axis_aligned"][1]},
-        "rule": f"rotated slope >= {SLOPE_STILL_SLOWS} and "
-        f"axis-aligned <= rotated - {SLOPE_AXIS_GAIN}",
-    }
-    summary = f"adam slope vs kappa_x: rotated {rotated:.2f}, axis-aligned {axis:.2f}"
-    return Verdict(holds=bool(holds), evidence=evidence, summary=summary)
+    labels = _labels(table, "adam")
+    if not labels:
+        return _undecided("no adam rows (not among the methods)")
+    slows, helps = {}, {}
+    for label, rows in labels.items():
+        slopes = _basis_slopes(rows)
+        rotated = slopes.get("rotated", (math.nan, {}))
+        axis = slopes.get("axis_aligned", (math.nan, {}))
+        if math.isnan(rotated[0]):
+            slows[label] = _undecided(
+                f"{label}: needs rotated-basis rows at two kappa_x values >= 10 "
+                f"(has bases {', '.join(slopes) or 'none'})"
+            )
+            helps[label] = _undecided(f"{label}: needs the rotated slope too")
+            continue
+        slows[label] = Verdict(
+            holds=rotated[0] >= SLOPE_STILL_SLOWS,
+            evidence={"rotated": {"slope": rotated[0], **rotated[1]}},
+            summary=f"{label} slope vs kappa_x on rotated inputs {rotated[0]:.2f} "
+            f"(>= {SLOPE_STILL_SLOWS})",
+        )
+        if math.isnan(axis[0]):
+            helps[label] = _undecided(
+                f"{label}: needs axis-aligned rows at two kappa_x values >= 10"
+            )
+            continue
+        helps[label] = Verdict(
+            holds=axis[0] <= rotated[0] - SLOPE_AXIS_GAIN,
+            evidence={"axis_aligned": {"slope": axis[0], **axis[1]}},
+            summary=f"{label} slope axis-aligned {axis[0]:.2f} vs rotated {rotated[0]:.2f} "
+            f"(axis-aligned <= rotated - {SLOPE_AXIS_GAIN})",
+        )
+    return combine_parts(
+        {
+            f"C5-rotated {label}" if len(labels) > 1 else "C5-rotated": verdict
+            for label, verdict in slows.items()
+        }
+        | {
+            f"C5-axis-aligned {label}" if len(labels) > 1 else "C5-axis-aligned": verdict
+            for label, verdict in helps.items()
+        }
+    )
 
 
 def decide_c6(table: pd.DataFrame) -> Verdict:
-    slopes = _basis_slopes(table, "batchnorm")
-    if "rotated" not in slopes or math.isnan(slopes["rotated"][0]):
-        return _undecided("needs batchnorm rows on a rotated basis at two kappa values >= 10")
-    slope = slopes["rotated"][0]
-    evidence = {"batchnorm_rotated": {"slope": slope, **slopes["rotated"][1]}}
+    labels = _labels(table, "batchnorm")
+    if not labels:
+        return _undecided("no batchnorm rows (not among the methods)")
+    evidence, holds, missing = {}, True, []
+    for label, rows in labels.items():
+        slopes = _basis_slopes(rows)
+        if "rotated" not in slopes or math.isnan(slopes["rotated"][0]):
+            missing.append(f"{label}: needs rotated-basis rows at two kappa_x values >= 10")
+            continue
+        slope = slopes["rotated"][0]
+        evidence[f"{label}_rotated"] = {"slope": slope, **slopes["rotated"][1]}
+        holds &= slope >= SLOPE_STILL_SLOWS
+    if not evidence:
+        return _undecided("; ".join(missing))
     for other in ("sgd", "kfac"):
-        other_slopes = _basis_slopes(table, other)
-        if "rotated" in other_slopes:
-            evidence[f"{other}_rotated_slope"] = other_slopes["rotated"][0]
+        for label, rows in _labels(table, other).items():
+            other_slopes = _basis_slopes(rows)
+            if "rotated" in other_slopes:
+                evidence[f"{label}_rotated_slope"] = other_slopes["rotated"][0]
     evidence["rule"] = f"slope >= {SLOPE_STILL_SLOWS}"
+    if missing:
+        evidence["missing"] = missing
+    slopes_text = ", ".join(
+        f"{key.removesuffix('_rotated')} {value['slope']:.2f}"
+        for key, value in evidence.items()
+        if key.endswith("_rotated")
+    )
     return Verdict(
-        holds=bool(slope >= SLOPE_STILL_SLOWS),
+        holds=bool(holds),
         evidence=evidence,
-        summary=f"batchnorm slope vs kappa_x on rotated inputs: {slope:.2f}",
+        summary=f"batchnorm slope vs kappa_x on rotated inputs: {slopes_text}",
     )
 
 
 def decide_c7(table: pd.DataFrame) -> Verdict:
-    medians = table.groupby(["n_transfer", "algorithm"])["transfer_risk"].median().unstack()
-    if "kfac" not in medians:
-        return _undecided("no kfac rows")
-    others = [name for name in ("sgd", "adam", "batchnorm") if name in medians]
+    medians = table.groupby(["n_transfer", "method"])["transfer_risk"].median().unstack()
+    algorithm_of = table.groupby("method")["algorithm"].first()
+    kfac = [label for label in medians if algorithm_of[label] == "kfac"]
+    if not kfac:
+        return _undecided("no kfac rows (not among the methods)")
+    others = [label for label in medians if algorithm_of[label] in ("sgd", "adam", "batchnorm")]
     if not others:
-        return _undecided("no sgd/adam/batchnorm rows")
+        return _undecided("no sgd/adam/batchnorm rows (none among the methods)")
     ratios = {
-        f"{other} / kfac at n_transfer={size}": float(
-            medians.loc[size, other] / medians.loc[size, "kfac"]
+        f"{other} / {reference} at n_transfer={size}": float(
+            medians.loc[size, other] / medians.loc[size, reference]
         )
+        for reference in kfac
         for size in medians.index
         for other in others
     }
@@ -227,8 +308,8 @@ def decide_c7(table: pd.DataFrame) -> Verdict:
     step_sizes = table.groupby("method")["lr"].first()
     evidence = {
         "median_transfer_risk": {
-            str(algorithm): {int(size): float(value) for size, value in column.items()}
-            for algorithm, column in medians.items()
+            str(label): {int(size): float(value) for size, value in column.items()}
+            for label, column in medians.items()
         },
         "ratios": ratios,
         "lr": {k: float(v) for k, v in step_sizes.items()},
@@ -241,22 +322,36 @@ def decide_c7(table: pd.DataFrame) -> Verdict:
     )
 
 
-def decide_c8(table: pd.DataFrame) -> Verdict:
-    evidence, holds = {}, True
-    for algorithm in ("kfac", "dfw"):
-        rows = table[table["algorithm"] == algorithm]
+def _c8_part(table: pd.DataFrame, algorithm: str) -> Verdict:
+    labels = _labels(table, algorithm)
+    if not labels:
+        return _undecided(f"no {algorithm} rows ({algorithm} is not among the methods)")
+    evidence, holds, missing = {}, True, []
+    for label, rows in labels.items():
         if rows["n_effective_minus_d"].nunique() < 2:
-            return _undecided(f"{algorithm}: fewer than two sample sizes")
+            missing.append(
+                f"{label}: fewer than two sample sizes (n_eff - d: "
+                f"{_values(rows, 'n_effective_minus_d')})"
+            )
+            continue
         medians = rows.groupby("n_effective_minus_d")["stationary_distance"].median()
         slope = loglog_slope(medians.index, medians.values)
-        evidence[algorithm] = {
+        evidence[label] = {
             "slope": slope,
             "points": {int(k): float(v) for k, v in medians.items()},
         }
         holds &= FLOOR_SLOPE_RANGE[0] <= slope <= FLOOR_SLOPE_RANGE[1]
+    if not evidence:
+        return _undecided("; ".join(missing))
+    summary = ", ".join(f"{label} slope {v['slope']:.2f}" for label, v in evidence.items())
     evidence["range"] = list(FLOOR_SLOPE_RANGE)
-    summary = ", ".join(f"{a} slope {evidence[a]['slope']:.2f}" for a in ("kfac", "dfw"))
+    if missing:
+        evidence["missing"] = missing
     return Verdict(holds=bool(holds), evidence=evidence, summary=f"{summary} (expected -0.5)")
+
+
+def decide_c8(table: pd.DataFrame) -> Verdict:
+    return combine_parts({"C8-kfac": _c8_part(table, "kfac"), "C8-dfw": _c8_part(table, "dfw")})
 
 
 C1 = Claim(

@@ -2,7 +2,10 @@
 
 Every decision reads medians over seeds per grid point (columns of :mod:`.simulation`), states
 its thresholds here (our choices, fixed before looking at results) and returns the numbers it
-used as evidence. A claim whose rows are missing from the table is undecided (None).
+used as evidence. A claim whose rows are missing from the table is undecided (None), with what
+is missing named. Decisions are per method label (one algorithm may appear under several labels,
+e.g. kfac at two dampings); C13 decides its adam and batchnorm parts separately
+(:func:`~layerwise.experiments.registry.combine_parts`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from layerwise.experiments.registry import Verdict
+from layerwise.experiments.registry import Verdict, combine_parts
 
 #: C10: the kfac spike counts as aligned with β⋆ at the largest n/d above this median cosine.
 KFAC_ALIGNED = 0.9
@@ -49,11 +52,12 @@ def decide_sgd_bias(table: pd.DataFrame) -> Verdict:
         return _undecided("no sgd rows with kappa > 1")
     rows = rows[rows["n_over_d"] == rows["n_over_d"].max()]
     evidence, holds = {"n_over_d": float(rows["n_over_d"].iloc[0])}, True
-    for (link, kappa), group in rows.groupby(["link", "kappa"]):
+    several = rows["method"].nunique() > 1
+    for (label, link, kappa), group in rows.groupby(["method", "link", "kappa"]):
         beta = _median(group, "spike_align_beta")
         sigma_beta = _median(group, "spike_align_sigma_beta")
         below_cap = float((group["spike_align_beta"] - group["theory_cap"]).median())
-        evidence[f"{link},kappa={kappa:g}"] = {
+        evidence[f"{label}: {link},kappa={kappa:g}" if several else f"{link},kappa={kappa:g}"] = {
             "align_beta": _round(beta),
             "align_sigma_beta": _round(sigma_beta),
             "cap": _round(_median(group, "theory_cap")),
@@ -82,26 +86,29 @@ def decide_kfac_alignment(table: pd.DataFrame) -> Verdict:
     rows = table[(table["algorithm"] == "kfac") & (table["link"] == "tanh")]
     if rows.empty:
         return _undecided("no kfac rows with the tanh link")
-    evidence, holds = {}, True
+    evidence, holds, finals = {}, True, []
     largest = rows["n_over_d"].max()
-    for kappa, group in rows.groupby("kappa"):
+    # Each label on its own (two kfac labels at different dampings must not be pooled).
+    several = rows["method"].nunique() > 1
+    for (label, kappa), group in rows.groupby(["method", "kappa"]):
         medians = group.groupby("n_over_d")["spike_align_beta"].median()
         above_one = medians[medians.index > 1]
         monotone = bool((above_one.diff().dropna() >= -MONOTONE_SLACK).all())
-        final = float(medians.loc[largest])
-        evidence[f"kappa={kappa:g}"] = {
+        top = medians.index.max()
+        final = float(medians.loc[top])
+        key = f"{label},kappa={kappa:g}" if several else f"kappa={kappa:g}"
+        evidence[key] = {
             "median_by_n_over_d": {f"{k:g}": _round(v) for k, v in medians.items()},
             "monotone_over_n_over_d_gt_1": monotone,
         }
+        finals.append(f"{key}: {_round(final)}" + ("" if top == largest else f" at n/d={top:g}"))
         holds &= final >= KFAC_ALIGNED and monotone
-    finals = ", ".join(
-        f"{key}: {v['median_by_n_over_d'][f'{largest:g}']}" for key, v in evidence.items()
-    )
+    finals = ", ".join(finals)
     # Other links are reported next to sgd, not decided on: with a noisy link (ReLU, σr² close
     # to E[y²]) the kfac step can align worse than sgd at small n/d.
     others = table[(table["link"] != "tanh") & table["algorithm"].isin(["sgd", "kfac"])]
     for (link, kappa), group in others.groupby(["link", "kappa"]):
-        medians = group.groupby(["n_over_d", "algorithm"])["spike_align_beta"].median().unstack()
+        medians = group.groupby(["n_over_d", "method"])["spike_align_beta"].median().unstack()
         evidence[f"not decided: {link},kappa={kappa:g}"] = {
             f"n/d={ratio:g}": {m: _round(float(medians.loc[ratio, m])) for m in medians.columns}
             for ratio in medians.index
@@ -219,15 +226,30 @@ def _risk_evidence(medians: pd.DataFrame, methods: list[str]) -> dict:
     }
 
 
+def _labels_by_algorithm(table: pd.DataFrame, algorithms: list[str]) -> dict[str, list[str]]:
+    """The method labels of each algorithm (in label order); absent algorithms map to []."""
+    algorithm_of = table.groupby("method")["algorithm"].first()
+    return {a: sorted(algorithm_of.index[algorithm_of == a]) for a in algorithms}
+
+
+def _risk_missing(table: pd.DataFrame, labels: dict[str, list[str]]) -> str:
+    absent = [a for a, found in labels.items() if not found]
+    where = f"at n/d >= {RISK_MIN_RATIO:g} and kappa > 1"
+    if absent:
+        return f"needs methods {absent} (not among the methods) {where}"
+    return f"no rows {where} (the table has kappa {sorted(table['kappa'].unique())})"
+
+
 def decide_risk_order(table: pd.DataFrame) -> Verdict:
     """C12: at every n/d >= :data:`RISK_MIN_RATIO` with κ > 1, the median excess risk after the
-    readout orders kfac < sgd < rf."""
+    readout orders kfac < sgd < rf, for every label of each."""
     medians = _risk_medians(table[table["kappa"] > 1])
-    needed = ["kfac", "sgd", "rf"]
-    if medians.empty or any(m not in medians.columns for m in needed):
-        return _undecided(f"needs methods {needed} at n/d >= {RISK_MIN_RATIO} and kappa > 1")
-    ordered = (medians["kfac"] < medians["sgd"]) & (medians["sgd"] < medians["rf"])
-    evidence = _risk_evidence(medians, needed)
+    labels = _labels_by_algorithm(table, ["kfac", "sgd", "rf"])
+    if medians.empty or not all(labels.values()):
+        return _undecided(_risk_missing(table, labels))
+    kfac, sgd, rf = (medians[labels[a]] for a in ("kfac", "sgd", "rf"))
+    ordered = (kfac.max(axis=1) < sgd.min(axis=1)) & (sgd.max(axis=1) < rf.min(axis=1))
+    evidence = _risk_evidence(medians, [m for found in labels.values() for m in found])
     return Verdict(
         holds=bool(ordered.all()),
         evidence=evidence,
@@ -236,23 +258,44 @@ def decide_risk_order(table: pd.DataFrame) -> Verdict:
     )
 
 
-def decide_adam_batchnorm(table: pd.DataFrame) -> Verdict:
-    """C13: at every n/d >= :data:`RISK_MIN_RATIO` with κ > 1, neither adam's nor batchnorm's
-    median excess risk is below kfac's; the evidence also says whether batchnorm is worse than
-    sgd (hurts) at each point."""
-    medians = _risk_medians(table[table["kappa"] > 1])
-    needed = ["kfac", "adam", "batchnorm", "sgd"]
-    if medians.empty or any(m not in medians.columns for m in needed):
-        return _undecided(f"needs methods {needed} at n/d >= {RISK_MIN_RATIO} and kappa > 1")
-    not_better = (medians["adam"] >= medians["kfac"]) & (medians["batchnorm"] >= medians["kfac"])
-    hurts = medians["batchnorm"] > medians["sgd"]
-    evidence = _risk_evidence(medians, needed)
-    evidence["batchnorm_worse_than_sgd_at"] = int(hurts.sum())
-    evidence["points"] = len(hurts)
+def _not_better_than_kfac(medians: pd.DataFrame, kfac: list[str], label: str) -> Verdict:
+    not_better = medians[label] >= medians[kfac].max(axis=1)
     return Verdict(
         holds=bool(not_better.all()),
-        evidence=evidence,
-        summary=f"adam and batchnorm not better than kfac at {int(not_better.sum())}/"
-        f"{len(not_better)} points; batchnorm worse than sgd at {int(hurts.sum())}/{len(hurts)}: "
-        + "; ".join(f"{k}: {v}" for k, v in evidence.items() if k.startswith("kappa")),
+        evidence=_risk_evidence(medians, [*kfac, label]),
+        summary=f"{label} not better than {', '.join(kfac)} at {int(not_better.sum())}/"
+        f"{len(not_better)} points",
+    )
+
+
+def decide_adam_batchnorm(table: pd.DataFrame) -> Verdict:
+    """C13: at every n/d >= :data:`RISK_MIN_RATIO` with κ > 1, neither adam's nor batchnorm's
+    median excess risk is below kfac's (each label of each; the adam and batchnorm parts are
+    decided separately); the evidence also says whether batchnorm is worse than sgd (hurts) at
+    each point."""
+    medians = _risk_medians(table[table["kappa"] > 1])
+    labels = _labels_by_algorithm(table, ["kfac", "adam", "batchnorm", "sgd"])
+    parts = {}
+    for algorithm in ("adam", "batchnorm"):
+        needed = {"kfac": labels["kfac"], algorithm: labels[algorithm]}
+        if medians.empty or not all(needed.values()):
+            parts[f"C13-{algorithm}"] = _undecided(_risk_missing(table, needed))
+            continue
+        several = len(labels[algorithm]) > 1
+        for label in labels[algorithm]:
+            name = f"C13-{algorithm} {label}" if several else f"C13-{algorithm}"
+            parts[name] = _not_better_than_kfac(medians, labels["kfac"], label)
+    verdict = combine_parts(parts)
+    if verdict.holds is None or not labels["sgd"] or not labels["batchnorm"]:
+        return verdict
+    hurts = medians[labels["batchnorm"]].min(axis=1) > medians[labels["sgd"]].max(axis=1)
+    return Verdict(
+        holds=verdict.holds,
+        evidence={
+            **verdict.evidence,
+            "batchnorm_worse_than_sgd_at": int(hurts.sum()),
+            "points": len(hurts),
+            "sgd": _risk_evidence(medians, labels["sgd"]),
+        },
+        summary=f"{verdict.summary}; batchnorm worse than sgd at {int(hurts.sum())}/{len(hurts)}",
     )
