@@ -448,8 +448,10 @@ def _check_keys(source: str, path: str, given: Mapping[str, Any], allowed: set[s
 
 
 def _unknown_field(key: str, allowed: set[str]) -> str:
-    close = difflib.get_close_matches(key, sorted(allowed), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    # Compared case-insensitively (kappa_F -> kappa_f, not kappa_x); the allowed spelling is shown.
+    by_lower = {name.lower(): name for name in sorted(allowed, reverse=True)}
+    close = difflib.get_close_matches(key.lower(), sorted(by_lower), n=1)
+    hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
     return f"unknown field{hint} (allowed: {', '.join(sorted(allowed))})"
 
 
