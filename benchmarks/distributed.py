@@ -1,0 +1,326 @@
+"""Cost of a data-parallel training step: ``distributed="replicate"`` against ``"split"`` for
+each optimizer, relative to AdamW under the same ``DistributedDataParallel`` wrapper.
+
+Usage::
+
+    python -m benchmarks.distributed [--quick] [--json OUT] [--width W] [--rounds R]
+
+Two CPU processes (gloo, one torch thread each) train the MLP ``width -> 4 x width -> 10``
+(ReLU, cross-entropy, float32), each on its half of a batch of 256, preconditioners refreshed
+every 5 steps. A *step* is forward + backward (DDP's gradient all-reduce) +
+``optimizer.step()`` + ``zero_grad()``; its time is the slower rank's. Candidates run
+interleaved, one refresh period per candidate per round; ratios are taken within a round and
+their median reported. Per candidate:
+
+- ``step_ms`` and ``ratio_adamw`` (AdamW under DDP = 1);
+- ``refresh_ms``: the step that refreshes minus the median of the period's other steps (Muon
+  has no refresh: its Newton–Schulz runs every step and is what ``"split"`` divides);
+- ``split_over_replicate``: the split's step and refresh relative to the replicated ones
+  (issue 12's target: refresh <= 0.6 at 2 ranks);
+- ``state_mib``: optimizer state per rank;
+- KFAC also runs with ``process_group=None`` (rank-local factors, no factor all-reduce): the
+  all-reduce's share of KFAC's step (target <= 10 %).
+
+``--quick`` shrinks everything to seconds (CI smoke test). Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from benchmarks.candidates import Setting, build_mlp, make_batches
+from layerwise.optim import KFAC, SOAP, Muon, Shampoo
+from layerwise.optim.base import state_bytes
+
+SEED = 0
+WORLD = 2
+METHODS = ("shampoo", "soap", "muon", "kfac")
+#: Issue 12's targets at 2 ranks.
+TARGET_SPLIT_REFRESH = 0.6
+TARGET_KFAC_ALL_REDUCE = 0.10
+
+
+@dataclass(frozen=True)
+class Plan:
+    setting: Setting
+    rounds: int
+    #: Seconds a rank may wait on a collective (and the parent on the job, times 10).
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    method: str
+    #: ``"replicate"`` / ``"split"``; ``"local"``: KFAC without a process group.
+    mode: str = "replicate"
+
+
+def candidates() -> list[Candidate]:
+    found = [Candidate("torch AdamW", "adamw")]
+    for method in METHODS:
+        for mode in ("replicate", "split"):
+            found.append(Candidate(f"{method} {mode}", method, mode))
+    found.append(Candidate("kfac local factors", "kfac", "local"))
+    return found
+
+
+def make_plan(quick: bool, width: int | None, rounds: int | None) -> Plan:
+    size = width or (32 if quick else 512)
+    # Four equal hidden blocks, so that two ranks can split the refresh evenly (with three,
+    # the best split leaves 2/3 on one rank).
+    setting = Setting(
+        width=size, batch=16 if quick else 256, refresh_every=5, inputs=size, hidden_layers=4
+    )
+    return Plan(setting, rounds or (2 if quick else 8))
+
+
+def build_optimizer(candidate: Candidate, model: nn.Module, refresh_every: int) -> Any:
+    if candidate.method == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    extra: dict[str, Any] = {"distributed": "split" if candidate.mode == "split" else "replicate"}
+    if candidate.mode == "local":
+        extra = {"process_group": None}
+    if candidate.method == "kfac":
+        return KFAC(model, loss="cross_entropy", refresh_every=refresh_every, **extra)
+    if candidate.method == "muon":
+        return Muon(model.parameters(), **extra)
+    cls = {"shampoo": Shampoo, "soap": SOAP}[candidate.method]
+    return cls(model.parameters(), refresh_every=refresh_every, **extra)
+
+
+class Trained:
+    """One candidate on one rank: its DDP model, optimizer and local batches."""
+
+    def __init__(self, candidate: Candidate, plan: Plan, rank: int) -> None:
+        model = build_mlp(plan.setting, SEED)
+        self.model = nn.parallel.DistributedDataParallel(model)
+        self.optimizer = build_optimizer(candidate, self.model, plan.setting.refresh_every)
+        local = plan.setting.batch // WORLD
+        self.batches = [
+            (x[rank * local : (rank + 1) * local], y[rank * local : (rank + 1) * local])
+            for x, y in make_batches(plan.setting, SEED)
+        ]
+        self.index = 0
+
+    def step(self) -> float:
+        """One training step; its local wall time in seconds."""
+        x, y = self.batches[self.index % len(self.batches)]
+        self.index += 1
+        start = time.perf_counter()
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+def _period(trained: Trained, steps: int) -> list[float]:
+    """A refresh period's step times (s), each the slower rank's; the first step refreshes."""
+    dist.barrier()
+    times = torch.tensor([trained.step() for _ in range(steps)], dtype=torch.float64)
+    dist.all_reduce(times, op=dist.ReduceOp.MAX)
+    return times.tolist()
+
+
+def _rank(rank: int, init_file: str, out: str, plan: Plan) -> None:
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {}
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=WORLD,
+            timeout=timedelta(seconds=plan.timeout_s),
+        )
+        period = plan.setting.refresh_every
+        trained = {c.name: Trained(c, plan, rank) for c in candidates()}
+        for item in trained.values():  # warm-up: one period, state allocated
+            _period(item, period)
+        result["state_mib"] = {
+            name: state_bytes([item.optimizer]) / 2**20 for name, item in trained.items()
+        }
+        result["periods"] = {name: [] for name in trained}
+        for _ in range(plan.rounds):
+            for name, item in trained.items():
+                result["periods"][name].append(_period(item, period))
+    except Exception:  # reported by the parent
+        result["error"] = traceback.format_exc()
+    finally:
+        if rank == 0 or "error" in result:
+            torch.save(result, Path(out) / f"rank{rank}.pt")
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(plan: Plan) -> dict[str, Any]:
+    """Spawn the two ranks; rank 0's measurements."""
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as directory:
+        init_file = str(Path(directory) / "init")
+        processes = [
+            context.Process(target=_rank, args=(rank, init_file, directory, plan))
+            for rank in range(WORLD)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=plan.timeout_s * 10)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for rank in range(WORLD):
+            path = Path(directory) / f"rank{rank}.pt"
+            if path.exists():
+                result = torch.load(path, weights_only=False)
+                if "error" in result:
+                    raise RuntimeError(f"rank {rank} failed:\n{result['error']}")
+        path = Path(directory) / "rank0.pt"
+        if not path.exists():
+            raise RuntimeError("rank 0 wrote no results (timed out or crashed)")
+        return torch.load(path, weights_only=False)
+
+
+def _refresh_s(times: list[float]) -> float:
+    return max(times[0] - statistics.median(times[1:]), 0.0)
+
+
+def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    periods = raw["periods"]
+    adamw = periods["torch AdamW"]
+    rows = []
+    for candidate in candidates():
+        mine = periods[candidate.name]
+        steps = [sum(p) / len(p) for p in mine]
+        row: dict[str, Any] = {
+            "name": candidate.name,
+            "method": candidate.method,
+            "mode": candidate.mode,
+            "step_ms": 1e3 * statistics.median(steps),
+            "ratio_adamw": statistics.median(
+                s / (sum(a) / len(a)) for s, a in zip(steps, adamw, strict=True)
+            ),
+            "state_mib": raw["state_mib"][candidate.name],
+        }
+        if candidate.method not in ("adamw", "muon"):
+            row["refresh_ms"] = 1e3 * statistics.median(_refresh_s(p) for p in mine)
+        if candidate.mode in ("split", "local"):
+            base = periods[f"{candidate.method} replicate"]
+            row["step_over_replicate"] = statistics.median(
+                sum(p) / sum(b) for p, b in zip(mine, base, strict=True)
+            )
+            if candidate.mode == "split" and "refresh_ms" in row:
+                ratios = [
+                    _refresh_s(p) / _refresh_s(b)
+                    for p, b in zip(mine, base, strict=True)
+                    if _refresh_s(b) > 0
+                ]
+                row["refresh_over_replicate"] = statistics.median(ratios) if ratios else None
+        rows.append(row)
+    return rows
+
+
+def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_name = {row["name"]: row for row in rows}
+    checks = []
+    for method in ("shampoo", "soap", "kfac"):
+        value = by_name[f"{method} split"].get("refresh_over_replicate")
+        checks.append(
+            {
+                "check": f"{method}: split refresh / replicated refresh",
+                "value": value,
+                "target": f"<= {TARGET_SPLIT_REFRESH}",
+                "met": value is not None and value <= TARGET_SPLIT_REFRESH,
+            }
+        )
+    local = by_name["kfac local factors"]["step_over_replicate"]
+    share = 1.0 - local  # the replicated step with the all-reduce is the reference
+    checks.append(
+        {
+            "check": "kfac: factor all-reduce's share of the step",
+            "value": share,
+            "target": f"<= {TARGET_KFAC_ALL_REDUCE}",
+            "met": share <= TARGET_KFAC_ALL_REDUCE,
+        }
+    )
+    return checks
+
+
+def markdown(report: dict[str, Any]) -> str:
+    setting = report["setting"]
+    lines = [
+        f"## distributed: {WORLD} gloo ranks, width {setting['width']}, "
+        f"global batch {setting['batch']}, refresh every {setting['refresh_every']}",
+        "",
+        "| candidate | step ms | × AdamW | refresh ms | step split/repl | "
+        "refresh split/repl | state MiB/rank |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(value: Any, digits: int = 2) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['name']} | {cell(row['step_ms'], 1)} | {cell(row['ratio_adamw'])} | "
+            f"{cell(row.get('refresh_ms'), 1)} | {cell(row.get('step_over_replicate'))} | "
+            f"{cell(row.get('refresh_over_replicate'))} | {cell(row['state_mib'])} |"
+        )
+    lines += ["", "| check | value | target | met |", "|---|---|---|---|"]
+    for check in report["checks"]:
+        lines.append(
+            f"| {check['check']} | {cell(check['value'])} | {check['target']} | "
+            f"{'yes' if check['met'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds; CI)")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--width", type=int, help="the MLP's width (default 512)")
+    parser.add_argument("--rounds", type=int, help="timed rounds (default 8)")
+    args = parser.parse_args(argv)
+    plan = make_plan(args.quick, args.width, args.rounds)
+    started = time.perf_counter()
+    raw = run_ranks(plan)
+    rows = summarize(raw)
+    report = {
+        "benchmark": "distributed",
+        "world_size": WORLD,
+        "backend": "gloo",
+        "torch_threads_per_rank": 1,
+        "torch": torch.__version__,
+        "setting": asdict(plan.setting),
+        "rounds": plan.rounds,
+        "rows": rows,
+        "checks": check_targets(rows),
+        "periods_s": raw["periods"],
+        "wall_s": time.perf_counter() - started,
+    }
+    print(markdown(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

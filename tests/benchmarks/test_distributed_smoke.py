@@ -1,0 +1,29 @@
+"""Smoke test of the distributed benchmark: 2 gloo ranks at tiny sizes, no timing asserts."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import distributed
+
+
+def test_quick_run_writes_a_complete_report(tmp_path):
+    out = tmp_path / "bench.json"
+    distributed.main(["--quick", "--rounds", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {c.name for c in distributed.candidates()}
+    assert rows["torch AdamW"]["ratio_adamw"] == 1.0
+    for method in distributed.METHODS:
+        for mode in ("replicate", "split"):
+            row = rows[f"{method} {mode}"]
+            assert row["step_ms"] > 0 and row["ratio_adamw"] > 0
+            assert row["state_mib"] > 0
+        assert rows[f"{method} split"]["step_over_replicate"] > 0
+        assert ("refresh_ms" in rows[f"{method} split"]) == (method != "muon")
+    assert rows["kfac local factors"]["step_over_replicate"] > 0
+    assert {c["check"] for c in report["checks"]} >= {
+        "shampoo: split refresh / replicated refresh",
+        "kfac: factor all-reduce's share of the step",
+    }
+    assert len(report["periods_s"]["torch AdamW"][0]) == report["setting"]["refresh_every"]
