@@ -436,6 +436,8 @@ def _validate_method(
 def _field_names(model: type[BaseModel]) -> set[str]:
     names = set(model.model_fields)
     names.update(info.alias for info in model.model_fields.values() if info.alias)
+    # Inputs a settings model converts into a field (a size given as n or as n_over_d).
+    names.update(getattr(model, "derived_inputs", ()))
     return names
 
 

@@ -102,7 +102,7 @@ def plan_runs(config: ResolvedConfig, device: str = "cpu") -> list[PlannedRun]:
     planned: dict[str, PlannedRun] = {}
     for point in config.points:
         resolved = point.settings.model_dump(mode="json")
-        values = {key: resolved[key] for key in config.grid_keys}
+        values = grid_values(point.settings, config.grid_keys)
         for methods in method_groups:
             for seeds in seed_groups:
                 identifier = run_id(experiment.name, resolved, methods, seeds)
@@ -115,6 +115,13 @@ def plan_runs(config: ResolvedConfig, device: str = "cpu") -> list[PlannedRun]:
                 )
                 planned.setdefault(identifier, PlannedRun(identifier, values, task))
     return list(planned.values())
+
+
+def grid_values(settings, keys: Sequence[str]) -> dict[str, Any]:
+    """The resolved value of each grid key: a settings field, or a size given in its other
+    form (``n_over_d`` of linrep, ``n`` of single_index: a property of the settings model)."""
+    resolved = settings.model_dump(mode="json")
+    return {key: resolved[key] if key in resolved else getattr(settings, key) for key in keys}
 
 
 def check_device(device: str, *, here: bool = True) -> None:
@@ -261,8 +268,7 @@ def invocation_record(
             "settings": {k: v for k, v in first.items() if k not in config.grid_keys},
             "grid": config.merged.get("grid", {}),
             "points": [
-                {key: point.settings.model_dump(mode="json")[key] for key in config.grid_keys}
-                for point in config.points
+                grid_values(point.settings, config.grid_keys) for point in config.points
             ],
             "methods": _methods_json(config.methods),
             "seeds": list(config.seeds),

@@ -12,7 +12,7 @@ worst iterations-to-eps over those seeds, ties broken by the median distance).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -39,6 +39,10 @@ class LinrepSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: Accepted as input, converted into a field: ``n_over_d`` gives ``n = round(n_over_d·d)``
+    #: (the single-index problem's form); read back as the property :attr:`n_over_d`.
+    derived_inputs: ClassVar[tuple[str, ...]] = ("n_over_d",)
+
     d: int = Field(50, ge=1, description="input dimension")
     k: int = Field(3, ge=1, description="representation dimension (rows of G)")
     dy: int = Field(6, ge=1, description="output dimension (rows of F)")
@@ -61,6 +65,33 @@ class LinrepSettings(BaseModel):
     tuning_seeds: int = Field(3, ge=1, description="number of tuning seeds")
     lr_grid: tuple[int, int] = Field((-12, 1), description="exponents (lo, hi) of the 2**e grid")
     log_points: int = Field(100, ge=2, description="iterations logged in trajectories")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_forms(cls, data: Any) -> Any:
+        """``n`` or ``n_over_d`` (exactly one, or both consistent): ``n = round(n_over_d·d)``."""
+        if not isinstance(data, dict) or "n_over_d" not in data:
+            return data
+        data = dict(data)
+        ratio = data.pop("n_over_d")
+        d = data.get("d", cls.model_fields["d"].default)
+        if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not ratio > 0:
+            raise ValueError(f"n_over_d must be a number > 0, got {ratio!r}")
+        if not isinstance(d, int) or isinstance(d, bool):
+            return data  # the field validator of d names the problem
+        size = round(ratio * d)
+        if "n" in data and data["n"] != size:
+            raise ValueError(
+                f"n={data['n']!r} and n_over_d={ratio!r} disagree at d={d} "
+                f"(n_over_d gives n={size}); give one of them"
+            )
+        data["n"] = size
+        return data
+
+    @property
+    def n_over_d(self) -> float:
+        """Samples per step over the input dimension, ``n / d``."""
+        return self.n / self.d
 
     @field_validator("kappa_x", "kappa_f", "kappa_x_transfer")
     @classmethod

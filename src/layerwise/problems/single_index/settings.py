@@ -14,6 +14,7 @@ config fails before anything runs, naming the field. Conventions (SPEC.md §3):
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -74,6 +75,10 @@ class SingleIndexSettings(BaseModel):
 
     model_config = _FROZEN
 
+    #: Accepted as input, converted into a field: an absolute step batch ``n`` gives
+    #: ``n_over_d = n / d`` (the linrep problem's form); read back as the property :attr:`n`.
+    derived_inputs: ClassVar[tuple[str, ...]] = ("n",)
+
     d: int = Field(128, description="input dimension")
     n_over_d: float = Field(2.0, description="step batch size over d")
     width_over_d: float = Field(1.0, description="number of neurons N over d")
@@ -93,6 +98,27 @@ class SingleIndexSettings(BaseModel):
         (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
         description="ridge penalties tried",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_forms(cls, data: Any) -> Any:
+        """``n_over_d`` or ``n`` (exactly one, or both consistent): ``n_over_d = n / d``."""
+        if not isinstance(data, dict) or "n" not in data:
+            return data
+        data = dict(data)
+        size = data.pop("n")
+        d = data.get("d", cls.model_fields["d"].default)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"n must be an integer >= 1, got {size!r}")
+        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+            return data  # the field validator of d names the problem
+        if "n_over_d" in data and round(data["n_over_d"] * d) != size:
+            raise ValueError(
+                f"n={size} and n_over_d={data['n_over_d']!r} disagree at d={d} "
+                f"(n_over_d gives n={round(data['n_over_d'] * d)}); give one of them"
+            )
+        data.setdefault("n_over_d", size / d)
+        return data
 
     @field_validator("d", "n_validation", "n_test")
     @classmethod
