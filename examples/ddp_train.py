@@ -1,7 +1,7 @@
 """Data-parallel training with a layer-wise optimizer (CPU, gloo).
 
-    torchrun --nproc_per_node 2 examples/ddp_train.py [--optimizer kfac|shampoo|soap|muon]
-        [--split]
+    torchrun --standalone --nproc_per_node 2 examples/ddp_train.py
+        [--optimizer kfac|shampoo|soap|muon] [--split] [--steps N]
 
 Without torchrun: start one process per rank with ``MASTER_ADDR=127.0.0.1 MASTER_PORT=<port>
 RANK=<r> WORLD_SIZE=2 python examples/ddp_train.py``.
@@ -56,6 +56,9 @@ def main() -> None:
         optimizer.step()
         if rank == 0 and step % 10 == 0:
             print(f"step {step:3d}  local loss {loss.item():.4f}")
+    # The ranks hold bit-identical parameters: the same sum on every rank.
+    total = sum(float(p.detach().double().sum()) for p in net.parameters())
+    print(f"rank {rank}: parameter sum {total!r}\n", end="", flush=True)  # one write
     dist.destroy_process_group()
 
 
