@@ -178,10 +178,19 @@ def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int
                 command=command,
             )
             print(summary.line())
+            _print_step_sizes(out_dir, config.experiment.name)
             for run_id in summary.failed:
                 print(f"    failed: {run_id} (see failures/{run_id}.json)")
             failed += len(summary.failed)
     return EXIT_FAILED_RUNS if failed else EXIT_OK
+
+
+def _print_step_sizes(out_dir, name: str) -> None:
+    """The step size of each method label (tuned or given) of the invocation just run."""
+    from layerwise.experiments import results
+
+    for line in results.step_size_lines(results.load(out_dir, name)):
+        print(f"    {line}")
 
 
 def command_run(args: argparse.Namespace) -> int:

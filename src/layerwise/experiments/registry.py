@@ -110,6 +110,8 @@ class RunTask:
     methods: Mapping[str, MethodSpec]
     seeds: tuple[int, ...]
     device: str = "cpu"
+    #: Show progress inside the run (``layerwise.experiments.progress``); not part of the id.
+    progress: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -91,3 +91,41 @@ def load(
     table.attrs["resolved"] = record.get("resolved", {})
     table.attrs["invocation"] = record
     return table
+
+
+def step_size_lines(table: pd.DataFrame) -> list[str]:
+    """One line per method label: its step size (``lr``, or training's ``chosen_lr``), marked
+    ``tuned`` where the run chose it, per grid point where it differs between points.
+
+    What ``layerwise run`` prints after an experiment, e.g. ``sgd: tuned lr 0.25 at
+    kappa_x=1; 0.125 at kappa_x=10``.
+    """
+    column = next((name for name in ("lr", "chosen_lr") if name in table.columns), None)
+    if table.empty or column is None or "method" not in table.columns:
+        return []
+    points = table.attrs.get("resolved", {}).get("points") or [{}]
+    keys = [key for key in points[0] if key in table.columns]
+    order = list(table.attrs.get("resolved", {}).get("methods", {}))
+    labels = sorted(table["method"].unique(), key=lambda m: order.index(m) if m in order else 0)
+    lines = []
+    for label in labels:
+        rows = table[table["method"] == label]
+        tuned = "lr_tuned" in rows.columns and bool(rows["lr_tuned"].fillna(False).any())
+        word = "tuned lr" if tuned else "lr"
+        per_point = rows.groupby(keys, sort=True)[column].first() if keys else rows[column][:1]
+        values = per_point.dropna().unique()
+        if len(values) <= 1:
+            text = f"{values[0]:g}" if len(values) else "none"
+        else:
+            text = "; ".join(
+                f"{value:g} at "
+                + ",".join(
+                    f"{key}={part:g}" if isinstance(part, float) else f"{key}={part}"
+                    for key, part in zip(
+                        keys, point if isinstance(point, tuple) else (point,), strict=True
+                    )
+                )
+                for point, value in per_point.items()
+            )
+        lines.append(f"{label}: {word} {text}")
+    return lines

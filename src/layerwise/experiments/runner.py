@@ -87,7 +87,9 @@ def run_id(
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def plan_runs(config: ResolvedConfig, device: str = "cpu") -> list[PlannedRun]:
+def plan_runs(
+    config: ResolvedConfig, device: str = "cpu", *, progress: bool = False
+) -> list[PlannedRun]:
     """Expand a config into runs: points × method groups × seed groups, without duplicates."""
     experiment = config.experiment
     if experiment.split_methods:
@@ -112,6 +114,7 @@ def plan_runs(config: ResolvedConfig, device: str = "cpu") -> list[PlannedRun]:
                     methods=methods,
                     seeds=tuple(seeds),
                     device=device,
+                    progress=progress,
                 )
                 planned.setdefault(identifier, PlannedRun(identifier, values, task))
     return list(planned.values())
@@ -163,7 +166,7 @@ def run_experiment(
     """
     start = time.perf_counter()
     name = config.experiment.name
-    runs = plan_runs(config, device)
+    runs = plan_runs(config, device, progress=progress)
     finished = store.finished_run_ids(out_dir, name)
     todo = [run for run in runs if run.run_id not in finished]
     summary = RunSummary(name, Path(out_dir), total=len(runs), skipped=len(runs) - len(todo))
@@ -267,9 +270,7 @@ def invocation_record(
         "resolved": {
             "settings": {k: v for k, v in first.items() if k not in config.grid_keys},
             "grid": config.merged.get("grid", {}),
-            "points": [
-                grid_values(point.settings, config.grid_keys) for point in config.points
-            ],
+            "points": [grid_values(point.settings, config.grid_keys) for point in config.points],
             "methods": _methods_json(config.methods),
             "seeds": list(config.seeds),
         },

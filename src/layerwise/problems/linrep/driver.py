@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from layerwise.experiments.progress import iteration_bar
 from layerwise.problems.linrep.algorithms import ALGORITHMS, Method
 from layerwise.problems.linrep.data import (
     DTYPE,
@@ -99,8 +100,11 @@ def simulate(
     log_iterations: Iterable[int] = (),
     metrics: Iterable[str] = (),
     final_transfer: bool = False,
+    progress: str | None = None,
 ) -> Trace:
-    """Run ``method`` for at most ``settings.iterations`` steps on the instance's data stream."""
+    """Run ``method`` for at most ``settings.iterations`` steps on the instance's data stream.
+
+    ``progress``: the description of a bar over the iterations (None: no bar)."""
     log_at = set(log_iterations)
     metrics = tuple(metrics)
     unknown = set(metrics) - set(METRICS)
@@ -141,7 +145,9 @@ def simulate(
 
     start = time.perf_counter()
     steps = 0
+    bar = iteration_bar(progress, settings.iterations)
     for iteration in range(1, settings.iterations + 1):
+        bar.update(1)
         batch = stream.next()
         if iteration - 1 in log_at:
             # Losses at iteration t are those of the iterate before step t + 1, on its batch.
@@ -161,6 +167,7 @@ def simulate(
         first_hit = np.where((first_hit < 0) & (dist_np <= settings.eps), iteration, first_hit)
         if stop(first_hit, diverged.cpu().numpy()):
             break
+    bar.close()
     elapsed = time.perf_counter() - start
     if steps in log_at:
         log(steps, stream.next())
@@ -197,8 +204,11 @@ def tune_step_size(
     params: BaseModel,
     device: str = "cpu",
     damping: float = 0.0,
+    progress: str | None = None,
 ) -> Tuning:
-    """Choose the step size on the shared grid by the worst iterations-to-eps (SPEC §2)."""
+    """Choose the step size on the shared grid by the worst iterations-to-eps (SPEC §2).
+
+    ``progress``: a description for a bar over the tuning iterations (None: no bar)."""
     seeds = tuple(TUNING_SEED_OFFSET + i for i in range(settings.tuning_seeds))
     instance = make_instance(settings, seeds, device)
     grid = settings.step_sizes
@@ -206,7 +216,9 @@ def tune_step_size(
     if override is not None:
         grid = [2.0**e for e in range(override[0], override[1] + 1)]
     method = build_method(algorithm, params, instance, grid, damping)
-    trace = simulate(settings, instance, method, stop=one_replica_done)
+    if progress is not None:
+        progress = f"{progress}: tuning {len(grid)} step sizes"
+    trace = simulate(settings, instance, method, stop=one_replica_done, progress=progress)
     reached = (trace.first_hit >= 0) & ~trace.diverged
     worst = np.where(reached.all(axis=1), trace.first_hit.max(axis=1), np.inf)
     final = np.where(trace.diverged, np.inf, trace.distance[-1])
@@ -227,12 +239,17 @@ def tune_step_size(
 
 
 def resolve_step_size(
-    settings: LinrepSettings, algorithm: str, params: BaseModel, device: str, damping: float = 0.0
+    settings: LinrepSettings,
+    algorithm: str,
+    params: BaseModel,
+    device: str,
+    damping: float = 0.0,
+    progress: str | None = None,
 ) -> tuple[float, Tuning | None]:
     """``params.lr`` if it is a number, else the tuned step size."""
     if params.lr != "tune":
         return float(params.lr), None
-    tuning = tune_step_size(settings, algorithm, params, device, damping)
+    tuning = tune_step_size(settings, algorithm, params, device, damping, progress)
     return tuning.lr, tuning
 
 

@@ -108,6 +108,16 @@ def _check(task: RunTask) -> tuple[LinrepSettings, dict]:
     return settings, methods
 
 
+def _bar_description(task: RunTask, label: str, damping: float) -> str:
+    seeds = (
+        f"seeds {task.seeds[0]}-{task.seeds[-1]}"
+        if len(task.seeds) > 1
+        else f"seed {task.seeds[0]}"
+    )
+    at = "" if np.isnan(damping) else f" damping={damping:g}"
+    return f"{task.experiment} {label}{at} ({seeds})"
+
+
 def run_methods(
     task: RunTask,
     *,
@@ -124,8 +134,9 @@ def run_methods(
         for label, spec in methods.items():
             for damping in _dampings(spec):
                 damping_value = 0.0 if np.isnan(damping) else damping
+                bar = _bar_description(task, label, damping) if task.progress else None
                 lr, tuning = resolve_step_size(
-                    settings, spec.name, spec.params, task.device, damping_value
+                    settings, spec.name, spec.params, task.device, damping_value, bar
                 )
                 method = _build(spec, instance, lr, damping_value, settings)
                 trace = simulate(
@@ -136,6 +147,7 @@ def run_methods(
                     log_iterations=log_iterations,
                     metrics=metrics,
                     final_transfer=final_transfer,
+                    progress=bar and f"{bar} lr={lr:g}",
                 )
                 trace.seconds_per_iteration = step_cost(
                     _build(spec, instance, lr, damping_value, settings), settings, instance
