@@ -114,8 +114,10 @@ def step_size_lines(table: pd.DataFrame) -> list[str]:
         word = "tuned lr" if tuned else "lr"
         per_point = rows.groupby(keys, sort=True)[column].first() if keys else rows[column][:1]
         values = per_point.dropna().unique()
-        if len(values) <= 1:
-            text = f"{values[0]:g}" if len(values) else "none"
+        if not len(values):
+            continue  # a method without a step size (a random-features baseline, say)
+        if len(values) == 1:
+            text = f"{values[0]:g}"
         else:
             text = "; ".join(
                 f"{value:g} at "
