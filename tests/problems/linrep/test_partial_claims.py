@@ -149,3 +149,30 @@ def test_c7_compares_each_label():
     assert ratios["sgd / kfac at n_transfer=10"] == pytest.approx(2.0)
     assert ratios["sgd / kfac_bad at n_transfer=10"] == pytest.approx(0.4)
     assert verdict.holds is False
+
+
+def test_c4_names_the_kfac_label_it_compares_against():
+    rows = []
+    for label, algorithm, damping, iterations in (
+        ("kfac", "kfac", np.nan, 40),
+        ("kfac_fast", "kfac", np.nan, 10),
+        ("gauss_newton", "gauss_newton", 1e-3, 20),
+    ):
+        for seed in range(2):
+            rows.append(
+                dict(
+                    seed=seed,
+                    method=label,
+                    algorithm=algorithm,
+                    damping=damping,
+                    kappa_x=10.0,
+                    iterations_to_eps=iterations,
+                    censored=False,
+                    diverged=False,
+                    seconds_per_iteration=1.0,
+                )
+            )
+    verdict = claims.decide_c4(pd.DataFrame(rows))
+    evidence = verdict.evidence["gauss_newton kappa_x=10"]
+    assert evidence["kfac_best_label"] == "kfac_fast" and evidence["kfac_best_iterations"] == 10
+    assert verdict.holds is True  # 20 iterations against kfac_fast's 10: slower
