@@ -59,7 +59,9 @@ def target(table: pd.DataFrame) -> float:
     adamw = rows[rows["algorithm"] == REFERENCE]
     if adamw.empty:
         raise ValueError("no AdamW rows: the target is AdamW's median final validation loss")
-    return float(final_losses(adamw).median())
+    # One label, not a pool of several AdamW labels: the first by name, as in summary().
+    label = sorted(adamw["method"].unique())[0]
+    return float(final_losses(adamw[adamw["method"] == label]).median())
 
 
 def time_to_target(rows: pd.DataFrame, goal: float) -> tuple[float, float]:
