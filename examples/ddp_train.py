@@ -59,6 +59,7 @@ def main() -> None:
     # The ranks hold bit-identical parameters: the same sum on every rank.
     total = sum(float(p.detach().double().sum()) for p in net.parameters())
     print(f"rank {rank}: parameter sum {total!r}\n", end="", flush=True)  # one write
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 
