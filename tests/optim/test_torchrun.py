@@ -19,7 +19,11 @@ EXAMPLE = EXAMPLES / "ddp_train.py"
 def _torchrun(*arguments: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    if ok and done.returncode != 0:
+        # One retry: in 1 of ~15 full-suite runs on a loaded 2-core machine a launch failed
+        # (the launcher, not the check: the retry runs the same deterministic job).
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     if ok:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
