@@ -93,26 +93,16 @@ def test_layers_kfac_cannot_precondition_are_named_in_one_warning():
 # -- attention, excluded layers, Adam-path groups -----------------------------------------
 
 
-def test_kfac_trains_a_transformer_block_with_attention_on_the_adam_path():
-    """nn.MultiheadAttention calls its projections' weights directly: they take the Adam path
-    (with a warning naming them), the feed-forward linears are preconditioned."""
+def test_attention_with_separate_kdim_vdim_weights_takes_the_adam_path_with_a_warning():
+    """Separate q/k/v weights share a packed bias: no Kronecker block; the warning names it.
+    (Self-attention with packed weights is preconditioned: tests/optim/test_kfac_attention.py.)"""
     torch.manual_seed(0)
-    block = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
-    model = nn.Sequential(block, nn.Flatten(), nn.Linear(16 * 5, 3))
-    with pytest.warns(UserWarning, match=r"self_attn.out_proj \(nn.MultiheadAttention"):
-        optimizer = KFAC(model, loss="cross_entropy", lr=0.05)
-    x = torch.randn(64, 5, 16)
-    y = (x[:, 0, :3]).argmax(dim=1)
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-    assert kronecker.LEFT_STATISTIC in optimizer.state[block.linear1.weight]
-    assert kronecker.LEFT_STATISTIC not in optimizer.state[block.self_attn.in_proj_weight]
+    model = nn.ModuleDict(
+        {"attention": nn.MultiheadAttention(8, 2, kdim=6, vdim=5), "head": nn.Linear(8, 2)}
+    )
+    with pytest.warns(UserWarning, match=r"attention \(nn.MultiheadAttention with kdim/vdim"):
+        optimizer = KFAC(model, loss="mse")
+    assert [layer is model["head"] for layer in optimizer._source.layers] == [True]
 
 
 def test_skip_layers_by_name_or_type_take_the_adam_path():

@@ -42,14 +42,16 @@ released, and calls :func:`torch.autograd.grad` with ``retain_graph=True``.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from layerwise.optim.kfac_attention import AttentionProjections, ProjectionMode
 from layerwise.optim.kronecker import Side, SideLayout
 
 
@@ -337,6 +339,7 @@ class CurvatureCapture:
         generator: torch.Generator,
         needs: Callable[[Layer], FactorNeeds],
         statistics_batch: int | None = None,
+        attention: Sequence[AttentionProjections] = (),
     ) -> None:
         self.curvature = Curvature(curvature)
         self.statistics_batch = statistics_batch
@@ -355,6 +358,15 @@ class CurvatureCapture:
         self._handles = [model.register_forward_pre_hook(_Hook(self._on_model_input))]
         for layer in layers:
             self._handles.append(layer.register_forward_hook(_Hook(self._on_layer_forward)))
+        #: Attention modules running now, with the mode that computes their projections.
+        self._attention_modes: list[tuple[nn.Module, ProjectionMode]] = []
+        for projections in attention:
+            module = projections.module
+            enter = functools.partial(self._enter_attention, projections)
+            self._handles.append(module.register_forward_pre_hook(_Hook(enter)))
+            self._handles.append(
+                module.register_forward_hook(_Hook(self._exit_attention), always_call=True)
+            )
         self._handles.append(model.register_forward_hook(_Hook(self._on_model_output)))
 
     def remove(self) -> None:
@@ -483,6 +495,19 @@ class CurvatureCapture:
             output.register_hook(lambda grad, capture=capture: self._on_output_grad(capture, grad))
         else:
             capture.outputs.append((self._generation, output))
+
+    def _enter_attention(
+        self, projections: AttentionProjections, module: nn.Module, args: tuple
+    ) -> None:
+        # The mode is left by the forward hook, which runs even when the forward raises.
+        if self._recording():
+            mode = ProjectionMode(projections, self._on_layer_forward)
+            mode.__enter__()
+            self._attention_modes.append((module, mode))
+
+    def _exit_attention(self, module: nn.Module, args: tuple, output: object) -> None:
+        if self._attention_modes and self._attention_modes[-1][0] is module:
+            self._attention_modes.pop()[1].__exit__(None, None, None)
 
     def _on_output_grad(self, capture: LayerCapture, grad: Tensor) -> None:
         capture.output_grads.append(grad.detach())

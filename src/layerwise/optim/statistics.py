@@ -27,6 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from layerwise.optim.distributed import Distributed, all_reduce_coalesced
+from layerwise.optim.kfac_attention import (
+    AttentionProjections,
+    cross_attention_modules,
+    packed_in_projection,
+    unsupported_attention,
+)
 from layerwise.optim.kfac_curvature import (
     Curvature,
     CurvatureCapture,
@@ -183,36 +189,62 @@ class GradientSource:
         """Nothing depends on the groups."""
 
 
-def _preconditioned_layers(model: nn.Module, skip_layers: Sequence[str | type]) -> list[Layer]:
-    """The layers KFAC preconditions: supported ``nn.Linear`` / ``nn.Conv2d`` modules with a
-    trainable, non-empty weight, except those named or typed in ``skip_layers`` (a name is a
-    module's name in ``model.named_modules()`` or a prefix of it up to a dot). A layer a user
-    would expect to be preconditioned but that is not gets one warning naming it and why."""
-    names = [s for s in skip_layers if isinstance(s, str)]
+def _skipped(name: str, module: nn.Module, skip_layers: Sequence[str | type]) -> bool:
+    """Whether ``skip_layers`` names ``name`` (or a prefix of it up to a dot) or types
+    ``module``."""
     types = tuple(s for s in skip_layers if isinstance(s, type))
-    functional_calls = {
-        id(child)
-        for module in model.modules()
-        if isinstance(module, nn.MultiheadAttention)
-        for child in module.modules()
-        if child is not module
-    }
-    layers: list[Layer] = []
+    names = [s for s in skip_layers if isinstance(s, str)]
+    return isinstance(module, types) or any(name == n or name.startswith(n + ".") for n in names)
+
+
+def _preconditioned_layers(
+    model: nn.Module, skip_layers: Sequence[str | type]
+) -> tuple[list[Layer], list[AttentionProjections]]:
+    """The layers KFAC preconditions: supported ``nn.Linear`` / ``nn.Conv2d`` modules with a
+    trainable, non-empty weight, and the packed in-projection and the out-projection of each
+    self-attention ``nn.MultiheadAttention`` (:mod:`layerwise.optim.kfac_attention`), except
+    those named or typed in ``skip_layers`` (a name is a module's name in
+    ``model.named_modules()`` or a prefix of it up to a dot; an attention module's packed
+    in-projection is named ``<module>.in_proj``). A layer a user would expect to be
+    preconditioned but that is not gets one warning naming it and why."""
+    cross = cross_attention_modules(model)
+    attention: list[AttentionProjections] = []
+    inside_attention: set[int] = set()
     left_out: list[str] = []
     for name, module in model.named_modules():
-        if not isinstance(
+        if not isinstance(module, nn.MultiheadAttention):
+            continue
+        inside_attention.update(id(child) for child in module.modules() if child is not module)
+        if _skipped(name, module, skip_layers):
+            continue
+        reason = unsupported_attention(module, cross=id(module) in cross)
+        if reason is not None:
+            left_out.append(f"{name} ({reason})")
+            continue
+        weight = module.in_proj_weight
+        in_proj = None
+        if weight.requires_grad and not _skipped(name + ".in_proj", module, skip_layers):
+            in_proj = packed_in_projection(module)
+        out_proj = module.out_proj
+        if not out_proj.weight.requires_grad or _skipped(name + ".out_proj", out_proj, skip_layers):
+            out_proj = None
+        if in_proj is not None or out_proj is not None:
+            attention.append(AttentionProjections(name, module, in_proj, out_proj))
+    layers: list[Layer] = [
+        layer
+        for projections in attention
+        for layer in (projections.in_proj, projections.out_proj)
+        if layer is not None
+    ]
+    for name, module in model.named_modules():
+        if id(module) in inside_attention or not isinstance(
             module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d
         ):
             continue
         if not module.weight.requires_grad or module.weight.numel() == 0:
             continue
-        if isinstance(module, types) or any(name == n or name.startswith(n + ".") for n in names):
+        if _skipped(name, module, skip_layers):
             continue  # excluded on purpose: no warning
-        if id(module) in functional_calls:
-            left_out.append(
-                f"{name} (nn.MultiheadAttention calls its weights directly, not the module)"
-            )
-            continue
         reason = unsupported_reason(module)
         if reason is not None:
             left_out.append(f"{name} ({reason})")
@@ -225,7 +257,7 @@ def _preconditioned_layers(model: nn.Module, skip_layers: Sequence[str | type]) 
             UserWarning,
             stacklevel=5,
         )
-    return layers
+    return layers, attention
 
 
 def _is_wrapper(model: nn.Module) -> bool:
@@ -283,7 +315,7 @@ class LayerFactorSource(GradientSource):
         self.distributed = distributed if distributed is not None else Distributed()
         #: The increments of the current step, all-reduced across the process group.
         self._reduced: dict[Layer, list[Tensor | None]] | None = None
-        self.layers = _preconditioned_layers(inner, skip_layers)
+        self.layers, self.attention = _preconditioned_layers(inner, skip_layers)
         self._layer_of: dict[nn.Parameter, Layer] = {}
         for layer in self.layers:
             if layer.weight in self._layer_of:
@@ -303,6 +335,7 @@ class LayerFactorSource(GradientSource):
             statistics_batch=factors.statistics_batch,
             generator=self.generator,
             needs=self._needs,
+            attention=self.attention,
         )
 
     # -- groups and blocks -----------------------------------------------------------------
@@ -333,6 +366,7 @@ class LayerFactorSource(GradientSource):
         new._parts_of = copy_of(self._parts_of, memo)
         new._state_of = copy_of(self._state_of, memo)
         new.layers = [copy_of(layer, memo) for layer in self.layers]
+        new.attention = copy_of(self.attention, memo)
         new._layer_of = {layer.weight: layer for layer in new.layers}
         new._groups = copy_of(self._groups, memo)
         new._group_index = copy_of(self._group_index, memo)
@@ -349,6 +383,7 @@ class LayerFactorSource(GradientSource):
             statistics_batch=self.factors.statistics_batch,
             generator=new.generator,
             needs=new._needs,
+            attention=new.attention,
         )
         return new
 
