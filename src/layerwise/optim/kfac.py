@@ -48,8 +48,10 @@ EKFAC (:class:`EKFAC`, or ``ekfac=True``): Adam (``betas``, ``eps``) run in the 
 second moments are those of the mini-batch gradient rotated into the basis, not of per-sample
 gradients, and a first moment (``betas[0]``) is used.
 
-Other parameters (anything that is not the weight or bias of such a layer: norms, embeddings,
-grouped convolutions) follow the Adam path of :mod:`layerwise.optim.base`.
+Layers: ``nn.Linear``, ``nn.Conv2d`` (one group) and the packed in-projection and the
+out-projection of a self-attention ``nn.MultiheadAttention``
+(:mod:`layerwise.optim.kfac_attention`). Other parameters (norms, embeddings, grouped
+convolutions, cross-attention) follow the Adam path of :mod:`layerwise.optim.base`.
 """
 
 from __future__ import annotations
@@ -142,10 +144,10 @@ class KFAC(LayerwiseOptimizer):
             folded into the weight's block and takes its own group's lr and weight decay. A
             group with ``preconditioned=False`` takes the Adam path (embeddings, heads).
         skip_layers: module names (as in ``model.named_modules()``, or a prefix up to a dot)
-            or module types whose parameters take the Adam path instead. Layers that cannot be
-            preconditioned (grouped convolutions, the projections inside
-            ``nn.MultiheadAttention``, which calls their weights directly) take it too, with a
-            warning naming them unless they are listed here.
+            or module types whose parameters take the Adam path instead (an attention module's
+            packed in-projection is ``<module>.in_proj``). Layers that cannot be
+            preconditioned (grouped convolutions, attention with ``kdim``/``vdim``, decoder
+            cross-attention) take it too, with a warning naming them unless they are listed.
         maximize: ascend instead of descend (the gradient is negated), as ``torch.optim``.
         exact: per-batch factors (``accumulation="latest"``), statistics and inverses every
             step, damping 0 unless given, ``ggn`` curvature unless given, full precision; a

@@ -176,6 +176,52 @@ def loss_hessian_sqrt_columns(output: Tensor, loss: Loss) -> list[Tensor]:
             raise ValueError(f"unknown loss {other!r}")
 
 
+def check_declared_loss(grad: Tensor, loss: Loss) -> None:
+    r"""Check the gradient of the training loss with respect to the model output ``(n, c)``
+    against the declared ``loss`` (which the ``ggn`` / ``mc_fisher`` factors use).
+
+    Softmax cross-entropy's gradient :math:`(p_i - t_i)/n` sums to zero over the classes in
+    every row (also with class weights, label smoothing or ignored rows), and a mean-reduced
+    one has :math:`\sum_i \lVert\cdot\rVert_1 \le 2`. So: ``"cross_entropy"`` declared and a
+    row that does not sum to zero is refused (the loss is not cross-entropy of these logits);
+    ``"mse"`` declared while every row sums to zero draws a warning (it looks like
+    cross-entropy); a cross-entropy gradient too large for a mean draws a warning (a summed or
+    scaled loss: the step would be that many times too long).
+    """
+    if grad.ndim != 2 or grad.shape[1] < 2:
+        return
+    rows = grad.detach().double()
+    sums, sizes = rows.sum(dim=1).abs(), rows.abs().sum(dim=1)
+    informative = sizes > 0
+    if int(informative.sum()) < 2:
+        return
+    zero_sum = bool((sums[informative] <= 1e-6 * sizes[informative]).all())
+    if Loss(loss) is Loss.CROSS_ENTROPY and not zero_sum:
+        raise ValueError(
+            "KFAC: loss='cross_entropy' was declared, but the training loss's gradient with "
+            "respect to the model output does not sum to zero over the classes, as softmax "
+            "cross-entropy's does: the loss is not cross-entropy of these outputs. Declare the "
+            "loss the model is trained with (loss='mse', or pass the loss module)"
+        )
+    if Loss(loss) is Loss.MSE and zero_sum:
+        warnings.warn(
+            "KFAC: loss='mse' was declared, but every row of the training loss's gradient "
+            "with respect to the model output sums to zero, as softmax cross-entropy's does: "
+            "if the model is trained with cross-entropy, declare loss='cross_entropy'",
+            UserWarning,
+            stacklevel=2,
+        )
+    total = float(sizes.sum())
+    if Loss(loss) is Loss.CROSS_ENTROPY and total > 2.0 * (1 + 1e-6):
+        warnings.warn(
+            f"KFAC: the cross-entropy gradient has total size {total:.3g} (a mean over the "
+            "batch has at most 2): was the loss summed (reduction='sum') or scaled? KFAC's "
+            "factors are those of the batch mean, so the step would be too long",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def sampled_loss_gradient(output: Tensor, loss: Loss, generator: torch.Generator) -> Tensor:
     r""":math:`\nabla_f \ell_i(\hat y_i)` for targets sampled from the model, batched (n, c).
 
@@ -343,6 +389,7 @@ class CurvatureCapture:
     ) -> None:
         self.curvature = Curvature(curvature)
         self.statistics_batch = statistics_batch
+        self._loss_checked = False
         self.loss = Loss(loss)
         self.mc_samples = mc_samples
         self.generator = generator
@@ -368,6 +415,19 @@ class CurvatureCapture:
                 module.register_forward_hook(_Hook(self._exit_attention), always_call=True)
             )
         self._handles.append(model.register_forward_hook(_Hook(self._on_model_output)))
+
+    @property
+    def loss(self) -> Loss:
+        """The declared training loss (checked once against the first backward pass of a
+        ``ggn`` / ``mc_fisher`` capture, :func:`check_declared_loss`)."""
+        return self._loss
+
+    @loss.setter
+    def loss(self, loss: Loss | str) -> None:
+        loss = Loss(loss)
+        if getattr(self, "_loss", None) is not loss:
+            self._loss_checked = False  # a new declaration is checked again
+        self._loss = loss
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -530,12 +590,16 @@ class CurvatureCapture:
         # The hook must not hold the output itself: output -> hook -> output is a cycle through
         # autograd's C++ objects that Python's collector cannot free (it kept every step's
         # graph alive: ~5 MB a step on a small transformer).
-        output.register_hook(lambda grad: self._on_model_output_grad(generation))
+        output.register_hook(lambda grad: self._on_model_output_grad(generation, grad))
 
-    def _on_model_output_grad(self, generation: int) -> None:
+    def _on_model_output_grad(self, generation: int, grad: Tensor) -> None:
         # The inner torch.autograd.grad calls reach this hook again.
         if self._in_curvature_pass or generation not in self._batch_sizes:
             return
+        if not self._loss_checked and self.curvature is not Curvature.EMPIRICAL:
+            # Once: the declared loss shapes the ggn / mc_fisher factors.
+            self._loss_checked = True
+            check_declared_loss(grad, self.loss)
         self._backwarded.add(generation)
         output = self._pending_outputs.pop(generation, None)
         if output is None:
