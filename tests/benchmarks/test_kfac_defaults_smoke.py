@@ -40,3 +40,16 @@ def test_quick_run_reports_every_model_and_configuration(tmp_path):
         )
         for key in ("val_loss", "val_accuracy", "final_train_loss", "max_window_loss"):
             assert math.isfinite(row["summary"][key]), (row["model"], row["config"], key)
+
+
+def test_quick_defaults_section_has_curves_for_every_model_and_a_figure(tmp_path):
+    out, figure = tmp_path / "defaults.json", tmp_path / "curves.png"
+    kfac_defaults.main(
+        ["--quick", "--sections", "defaults", "--json", str(out), "--figure", str(figure)]
+    )
+    rows = json.loads(out.read_text())["defaults"]
+    plan = kfac_defaults.defaults_plan()
+    assert [(r["model"], r["config"]["name"]) for r in rows] == [(m, c.name) for m, c in plan]
+    for row in rows:
+        assert all(math.isfinite(v) for run in row["runs"] for v in run["train_curve"])
+    assert figure.stat().st_size > 10_000
