@@ -26,8 +26,17 @@ and the fraction of steps it clipped, and whether the run *diverged*: a non-fini
 
 Diagnostics (``--sections diagnostics``) around the chosen setting :data:`RECOMMENDED`:
 AdamW at lr 3e-3, seeds 2-3 for the two finalists, damping 0.3, the ``mc_fisher`` and ``ggn``
-curvatures, and the transformer with its attention projections as ``nn.Linear`` layers (which
-KFAC preconditions; inside ``nn.MultiheadAttention`` they take the Adam path).
+curvatures, and the transformer with its attention projections as ``nn.Linear`` layers. (The
+grid and the diagnostics were run while KFAC left ``nn.MultiheadAttention`` on the Adam path;
+it now preconditions its projections.)
+
+The ``defaults`` section (``--sections defaults --figure PNG``, ~25 s): every optimizer at its
+own defaults on the three models (KFAC: ``KFAC(model, loss=...)`` and nothing else), their
+training curves and a figure; on the transformer also KFAC with its attention on the Adam path
+and AdamW at lr 3e-3. Result: KFAC's validation loss / accuracy at defaults, against AdamW's
+(lr 1e-3): CNN 0.079 / 0.986 vs 0.107 / 0.976, MLP 0.146 / 0.975 vs 0.148 / 0.962,
+transformer 2.151 / 0.426 vs 2.243 / 0.404 (2.171 with attention on the Adam path; AdamW at lr
+3e-3: 2.053 / 0.460).
 
 How the choice is made: among the settings with no diverged run on any model, the one with the
 best validation loss and accuracy against AdamW over the three models, not tuned per model.
@@ -475,7 +484,8 @@ ATTENTION_ON_ADAM = Config(
 
 def defaults_plan() -> list[tuple[str, Config]]:
     plan = [(name, config) for name in DATASETS for config in DEFAULT_CONFIGS]
-    return [*plan, ("transformer", ATTENTION_ON_ADAM)]
+    stronger_adamw = Config("AdamW lr 3e-3 (its best of the diagnostics)", "adamw", 3e-3)
+    return [*plan, ("transformer", ATTENTION_ON_ADAM), ("transformer", stronger_adamw)]
 
 
 def defaults(steps: int, seeds: int) -> list[dict[str, Any]]:
@@ -515,9 +525,14 @@ def plot_defaults(rows: list[dict[str, Any]], path: str) -> None:
         axis.set_yscale("log")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("training loss (10-step mean)")
-    handles, labels = axes[-1].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    entries: dict[str, Any] = {}  # one entry per optimizer, over every panel
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    figure.legend(
+        list(entries.values()), list(entries), loc="lower center", ncol=2, fontsize=8, frameon=False
+    )
+    figure.tight_layout(rect=(0, 0.16, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -684,7 +699,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "### Every optimizer at its defaults",
             "",
-            "| model | optimizer | training loss at steps 0 / 50 / 100 / 200 (10-step means) "
+            "| model | optimizer | training loss, 10-step means from step 0 / 50 / 100 / 190 "
             "| val loss | val acc | diverged |",
             "|---|---|---|---|---|---|",
         ]
