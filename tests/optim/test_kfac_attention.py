@@ -180,3 +180,12 @@ def test_a_transformer_block_trains_with_attention_preconditioned():
         assert kr.LEFT_STATISTIC in optimizer.state[weight]
     copied = copy.deepcopy(optimizer)  # the copy hooks the copied model's attention
     assert copied._source.attention[0].module is not block.self_attn
+
+
+def test_a_compiled_model_keeps_its_attention_on_the_adam_path_with_a_warning():
+    """torch.compile cannot trace the attention capture: KFAC given a compiled model says so."""
+    model = torch.compile(make_model())
+    with pytest.warns(UserWarning, match=r"self_attn \(a compiled model"):
+        optimizer = KFAC(model, loss="cross_entropy")
+    assert optimizer._source.attention == []
+    assert len(optimizer._source.layers) == 3  # the feed-forward linears and the head

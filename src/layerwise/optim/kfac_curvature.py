@@ -560,6 +560,13 @@ class CurvatureCapture:
         self, projections: AttentionProjections, module: nn.Module, args: tuple
     ) -> None:
         # The mode is left by the forward hook, which runs even when the forward raises.
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"KFAC: torch.compile cannot trace the capture of {projections.name} "
+                "(nn.MultiheadAttention's projections are seen through a TorchFunctionMode). "
+                "Compile the model before creating KFAC (its attention then takes the Adam "
+                "path), or pass skip_layers=[nn.MultiheadAttention]"
+            )
         if self._recording():
             mode = ProjectionMode(projections, self._on_layer_forward)
             mode.__enter__()

@@ -198,7 +198,7 @@ def _skipped(name: str, module: nn.Module, skip_layers: Sequence[str | type]) ->
 
 
 def _preconditioned_layers(
-    model: nn.Module, skip_layers: Sequence[str | type]
+    model: nn.Module, skip_layers: Sequence[str | type], compiled: bool = False
 ) -> tuple[list[Layer], list[AttentionProjections]]:
     """The layers KFAC preconditions: supported ``nn.Linear`` / ``nn.Conv2d`` modules with a
     trainable, non-empty weight, and the packed in-projection and the out-projection of each
@@ -206,7 +206,9 @@ def _preconditioned_layers(
     those named or typed in ``skip_layers`` (a name is a module's name in
     ``model.named_modules()`` or a prefix of it up to a dot; an attention module's packed
     in-projection is named ``<module>.in_proj``). A layer a user would expect to be
-    preconditioned but that is not gets one warning naming it and why."""
+    preconditioned but that is not gets one warning naming it and why. ``compiled``: the
+    model is compiled (``torch.compile`` cannot trace the attention capture: attention takes
+    the Adam path)."""
     cross = cross_attention_modules(model)
     attention: list[AttentionProjections] = []
     inside_attention: set[int] = set()
@@ -218,6 +220,8 @@ def _preconditioned_layers(
         if _skipped(name, module, skip_layers):
             continue
         reason = unsupported_attention(module, cross=id(module) in cross)
+        if compiled and reason is None:
+            reason = "a compiled model: torch.compile cannot trace KFAC's attention capture"
         if reason is not None:
             left_out.append(f"{name} ({reason})")
             continue
@@ -315,7 +319,8 @@ class LayerFactorSource(GradientSource):
         self.distributed = distributed if distributed is not None else Distributed()
         #: The increments of the current step, all-reduced across the process group.
         self._reduced: dict[Layer, list[Tensor | None]] | None = None
-        self.layers, self.attention = _preconditioned_layers(inner, skip_layers)
+        compiled = _compiled(model) or _compiled(inner)
+        self.layers, self.attention = _preconditioned_layers(inner, skip_layers, compiled)
         self._layer_of: dict[nn.Parameter, Layer] = {}
         for layer in self.layers:
             if layer.weight in self._layer_of:
