@@ -57,3 +57,21 @@ def test_load_refuses_what_is_not_stored(two_invocations):
         layerwise.load(two_invocations, "toy", invocation=2)
     with pytest.raises(ValueError, match="invocation must be"):
         layerwise.load(two_invocations, "toy", invocation="latest")
+
+
+def test_step_size_lines_print_the_chosen_lr_not_a_tuning_candidate():
+    """Training tables hold every candidate's lr (tune rows) and the winner in chosen_lr."""
+    import pandas as pd
+
+    from layerwise.experiments.results import step_size_lines
+
+    table = pd.DataFrame(
+        {
+            "method": ["adamw"] * 4,
+            "phase": ["tune", "tune", "tune", "report"],
+            "lr": [0.001, 0.003, 0.01, 0.003],
+            "chosen_lr": [0.003] * 4,
+            "lr_tuned": [True] * 4,
+        }
+    )
+    assert step_size_lines(table) == ["adamw: tuned lr 0.003"]

@@ -100,7 +100,8 @@ def step_size_lines(table: pd.DataFrame) -> list[str]:
     What ``layerwise run`` prints after an experiment, e.g. ``sgd: tuned lr 0.25 at
     kappa_x=1; 0.125 at kappa_x=10``.
     """
-    column = next((name for name in ("lr", "chosen_lr") if name in table.columns), None)
+    # Training tables hold every tuning candidate's ``lr``; ``chosen_lr`` is the winner.
+    column = next((name for name in ("chosen_lr", "lr") if name in table.columns), None)
     if table.empty or column is None or "method" not in table.columns:
         return []
     points = table.attrs.get("resolved", {}).get("points") or [{}]
@@ -112,7 +113,9 @@ def step_size_lines(table: pd.DataFrame) -> list[str]:
         rows = table[table["method"] == label]
         tuned = "lr_tuned" in rows.columns and bool(rows["lr_tuned"].fillna(False).any())
         word = "tuned lr" if tuned else "lr"
-        per_point = rows.groupby(keys, sort=True)[column].first() if keys else rows[column][:1]
+        per_point = (
+            rows.groupby(keys, sort=True)[column].first() if keys else rows[column].dropna()[:1]
+        )
         values = per_point.dropna().unique()
         if not len(values):
             continue  # a method without a step size (a random-features baseline, say)
