@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from layerwise.experiments import registry
+from layerwise.experiments import limits, registry
 from layerwise.experiments.registry import Experiment, MethodSpec, Problem
 
 #: The folder, relative to the working directory, whose ``NAME.yaml`` overrides a packaged config.
@@ -250,6 +250,9 @@ class FileConfig(BaseModel):
         def is_count(item: Any) -> bool:
             return isinstance(item, int) and not isinstance(item, bool)
 
+        too_many = limits.seed_count_problem(value)
+        if too_many:
+            raise ValueError(too_many)
         if is_count(value) and value >= 1:
             return tuple(range(value))
         if (
@@ -360,6 +363,7 @@ def resolve_config(
         label: _validate_method(problem, label, params, source)
         for label, params in config.methods.items()
     }
+    _check_limits(source, experiment, problem, points.values(), methods, config.seeds)
     if problem.check_method is not None:
         for point in points.values():
             for label, spec in methods.items():
@@ -398,7 +402,7 @@ def _validate_point(
     grid_path: str,
 ) -> BaseModel:
     try:
-        return problem.settings_model(**{**settings, **values})
+        model = problem.settings_model(**{**settings, **values})
     except ValidationError as error:
         loc = [str(part) for part in error.errors()[0]["loc"]]
         if loc and loc[0] in values:
@@ -409,6 +413,10 @@ def _validate_point(
             point = ", ".join(f"{k}={v!r}" for k, v in values.items())
             path = f"settings (grid point {point})" if point else "settings"
         raise _config_error(source, path, error, problem.settings_model, relative=False) from None
+    for key, message in limits.value_problems(model, {**settings, **values}):
+        where = grid_path if key.split(".")[0] in values else "settings"
+        raise ConfigError(source, f"{where}.{key}", message)
+    return model
 
 
 def _validate_method(
@@ -428,9 +436,28 @@ def _validate_method(
     model = problem.method_models[algorithm]
     _check_keys(source, f"methods.{label}", params, _field_names(model))
     try:
-        return MethodSpec(name=algorithm, params=model(**params))
+        spec = MethodSpec(name=algorithm, params=model(**params))
     except ValidationError as error:
         raise _config_error(source, f"methods.{label}", error, model) from None
+    for key, message in limits.value_problems(spec.params, params):
+        raise ConfigError(source, f"methods.{label}.{key}", message)
+    return spec
+
+
+def _check_limits(source, experiment, problem, points, methods, seeds) -> None:
+    """Refuse a config whose runs would not fit: too many runs, or a run too large for memory."""
+    points = list(points)
+    method_groups = len(methods) if experiment.split_methods else 1
+    seed_groups = -(-len(seeds) // max(experiment.seeds_per_run, 1))
+    too_many = limits.run_count_problem(len(points), method_groups, seed_groups)
+    if too_many:
+        raise ConfigError(source, "seeds", too_many)
+    for point in points:
+        too_large = limits.memory_problem(problem.name, point.settings)
+        if too_large:
+            where = ", ".join(f"{k}={v!r}" for k, v in point.values.items())
+            path = f"settings (grid point {where})" if where else "settings"
+            raise ConfigError(source, path, too_large)
 
 
 def _field_names(model: type[BaseModel]) -> set[str]:

@@ -1,0 +1,147 @@
+"""Input limits: values that validate as their type but cannot be meant, refused before a run.
+
+A pydantic ``float`` accepts ``.inf`` and ``1e300``, an ``int`` accepts ``true``, and nothing
+stops a grid point whose arrays would not fit in memory or a seed count that does not fit in a
+list. Every check here returns what is wrong in words (the caller names the file and field) so
+that :mod:`.config` can refuse the config before anything runs.
+
+- **finite and in range**: every float of a settings or hyperparameter model (nested too) is
+  finite and at most :data:`MAX_MAGNITUDE` in absolute value;
+- **no bool as a number**: a YAML ``true`` given for a field that is not a bool;
+- **memory**: a per-problem estimate of the largest working set of one run (float64 arrays)
+  must fit in the machine's physical memory;
+- **counts**: at most :data:`MAX_SEEDS` seeds and :data:`MAX_RUNS` runs per config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+#: The largest absolute value of any float setting or hyperparameter (1e300 is not a step size).
+MAX_MAGNITUDE = 1e15
+
+#: The most seeds a config may ask for (seed lists are materialized; runs are planned per seed).
+MAX_SEEDS = 100_000
+
+#: The most runs one config may expand into (grid points x method groups x seed groups).
+MAX_RUNS = 1_000_000
+
+_FLOAT64 = 8
+
+
+def value_problems(model: BaseModel, given: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """``(dotted field, message)`` for each unusable value of a validated ``model``.
+
+    ``given`` is what the config wrote (before validation), used to tell a bool that pydantic
+    turned into ``1`` from a real ``1``.
+    """
+    for key, raw in given.items():
+        resolved = getattr(model, key, None)
+        if _bool_became_number(raw, resolved):
+            yield key, f"value {raw!r}: a bool is not a number; write the number itself"
+    yield from _float_problems(model.model_dump(mode="python"), "")
+
+
+def _bool_became_number(raw: Any, resolved: Any) -> bool:
+    if isinstance(raw, bool):
+        return not isinstance(resolved, bool)
+    if isinstance(raw, list | tuple) and isinstance(resolved, list | tuple):
+        return len(raw) == len(resolved) and any(
+            _bool_became_number(item, value) for item, value in zip(raw, resolved, strict=True)
+        )
+    return False
+
+
+def _float_problems(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _float_problems(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _float_problems(item, path)
+    elif isinstance(value, float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            yield path, f"value {value!r}: must be a finite number"
+        elif abs(value) > MAX_MAGNITUDE:
+            yield path, f"value {value!r}: absurdly large (|value| > {MAX_MAGNITUDE:g})"
+
+
+def seed_count_problem(value: Any) -> str | None:
+    """Why a ``seeds`` entry is too large to plan, or None (checked before it is expanded)."""
+    count = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, list):
+        count = len(value)
+    if count is not None and count > MAX_SEEDS:
+        return f"{count} seeds is more than the limit of {MAX_SEEDS}"
+    return None
+
+
+def run_count_problem(points: int, method_groups: int, seed_groups: int) -> str | None:
+    runs = points * method_groups * seed_groups
+    if runs > MAX_RUNS:
+        return (
+            f"{points} grid points x {method_groups} method groups x {seed_groups} seed groups "
+            f"= {runs} runs, more than the limit of {MAX_RUNS}"
+        )
+    return None
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _linrep_bytes(s) -> int:
+    # Σx and KFAC/Shampoo factors (d x d), a step batch and the held-out set (samples x d),
+    # with room for the products of one step.
+    return _FLOAT64 * (4 * s.d * s.d + 3 * (s.n + s.n_heldout) * s.d + 4 * s.dy * s.d)
+
+
+def _single_index_bytes(s) -> int:
+    # Σ (d x d), the first layer (N x d), the batches (samples x d) and their features
+    # (samples x N).
+    samples = s.n + s.readout_size + s.n_validation + s.n_test
+    return _FLOAT64 * (4 * s.d * s.d + 3 * s.width * s.d + samples * (s.d + s.width))
+
+
+def _mlp_bytes(s) -> int:
+    samples = s.n_train + s.n_test
+    return _FLOAT64 * (
+        samples * (s.d_in + s.hidden + s.d_out) + 8 * s.hidden * (s.d_in + s.d_out + s.hidden)
+    )
+
+
+#: Working-set estimates by problem name; a settings model may instead define
+#: ``memory_bytes(self) -> int``. A problem with neither is not checked.
+MEMORY_ESTIMATES: dict[str, Callable[[Any], int]] = {
+    "linrep": _linrep_bytes,
+    "single_index": _single_index_bytes,
+    "mlp": _mlp_bytes,
+}
+
+
+def memory_problem(problem: str, settings: BaseModel) -> str | None:
+    """Why one run of ``settings`` would not fit in this machine's memory, or None."""
+    method = getattr(settings, "memory_bytes", None)
+    estimate = MEMORY_ESTIMATES.get(problem)
+    available = physical_memory_bytes()
+    if (method is None and estimate is None) or available is None:
+        return None
+    try:
+        needed = method() if method is not None else estimate(settings)
+    except (AttributeError, TypeError, OverflowError):
+        return None
+    if needed > available:
+        return (
+            f"one run needs about {needed / 2**30:.3g} GiB (float64 arrays), more than this "
+            f"machine's {available / 2**30:.3g} GiB of memory"
+        )
+    return None
