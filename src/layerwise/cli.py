@@ -17,7 +17,9 @@ written).
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from importlib.resources.abc import Traversable
@@ -34,6 +36,48 @@ from layerwise.experiments.config import (
 from layerwise.experiments.executors import ExecutorError, make_executor
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_REFUSED = 0, 1, 2
+COMMANDS = ("list", "run", "report", "reproduce")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, ``docker stop``) handled like Ctrl-C: workers stop and
+    ``config.json`` is finalized by the same ``finally`` blocks."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the package version and, in a git checkout, the commit."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from layerwise import __version__
+        from layerwise.experiments.runner import git_commit
+
+        commit = git_commit()
+        print(f"layerwise {__version__}" + (f" (git {commit})" if commit else ""))
+        parser.exit()
+
+
+def _unusable_out(out_dir: Path) -> str | None:
+    """Why ``--out`` cannot hold results (checked before anything runs), or None."""
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"--out {out_dir}: exists and is not a folder"
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out_dir}: {existing} is not a writable folder"
+    return None
 
 
 def _default_out(args: argparse.Namespace) -> Path:
@@ -62,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="layerwise",
         description="Run the experiments of layerwise and report which claims hold.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="registered experiments, their configs and claims")
 
@@ -92,8 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # stored with the results
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = next((word for word in words if not word.startswith("-")), None)
+    if first is not None and first not in COMMANDS:
+        print(
+            f"layerwise: error: unknown command {first!r}{_did_you_mean(first, COMMANDS)} "
+            f"(commands: {', '.join(COMMANDS)})",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _dispatch(words)
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C or SIGTERM: the runner's `finally` has recorded the runs not done.
+        killed = signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+        print(
+            f"layerwise: interrupted by {killed.name}; finished runs are stored, "
+            "the others are recorded as not run (rerun the command to resume)",
+            file=sys.stderr,
+        )
+        return 128 + killed
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(words: list[str]) -> int:
+    args = build_parser().parse_args(words)
+    args.argv = words  # stored with the results
     match args.command:
         case "list":
             try:
@@ -165,6 +236,10 @@ def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int
     except (ConfigError, ExecutorError) as error:
         return _refuse(error)
     out_dir = _default_out(args)
+    unusable = _unusable_out(out_dir)
+    if unusable:
+        executor.close()
+        return _refuse(ValueError(unusable))
     command = ["layerwise", *args.argv]
     failed = 0
     with executor:
@@ -197,6 +272,12 @@ def command_run(args: argparse.Namespace) -> int:
     try:
         config = _prepare(args.name, args, find_config(args.name, args.config))
     except ConfigError as error:
+        known = registry.experiments()
+        if args.config is None and args.name not in known:
+            hint = _did_you_mean(args.name, known)
+            return _refuse(
+                ValueError(f"unknown experiment {args.name!r}{hint} (see `layerwise list`)")
+            )
         return _refuse(error)
     return _execute([config], args)
 

@@ -203,7 +203,11 @@ class LocalExecutor(Executor):
                         yield self._retry_alone(job)
         finally:
             if pool is not None:
-                # Normal end: nothing is left in flight. Interrupted: drop what has not started.
+                # Normal end: nothing is left in flight. Interrupted: drop what has not started
+                # and stop the runs in flight, so that no worker outlives the command.
+                if in_flight:
+                    for process in list((getattr(pool, "_processes", None) or {}).values()):
+                        process.kill()
                 pool.shutdown(wait=not in_flight, cancel_futures=True)
 
     def _retry_alone(self, job: Job) -> Outcome:
