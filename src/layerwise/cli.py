@@ -34,6 +34,7 @@ from layerwise.experiments.config import (
     load_config,
 )
 from layerwise.experiments.executors import ExecutorError, make_executor
+from layerwise.experiments.lock import LockedError, output_lock
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_REFUSED = 0, 1, 2
 COMMANDS = ("list", "run", "report", "reproduce")
@@ -225,7 +226,7 @@ def _prepare(name: str, args: argparse.Namespace, path: Path | Traversable) -> R
 
 
 def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int:
-    from layerwise.experiments.runner import check_device, run_experiment
+    from layerwise.experiments.runner import check_device
 
     try:
         # A Ray cluster's GPUs may be on other nodes than this one: Ray places the runs.
@@ -242,6 +243,19 @@ def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int
         return _refuse(ValueError(unusable))
     command = ["layerwise", *args.argv]
     failed = 0
+    try:
+        with output_lock(out_dir):
+            failed = _run_all(configs, args, executor, out_dir, command)
+    except LockedError as error:
+        executor.close()
+        return _refuse(error)
+    return EXIT_FAILED_RUNS if failed else EXIT_OK
+
+
+def _run_all(configs, args, executor, out_dir: Path, command: list[str]) -> int:
+    from layerwise.experiments.runner import run_experiment
+
+    failed = 0
     with executor:
         for config in configs:
             summary = run_experiment(
@@ -257,7 +271,7 @@ def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int
             for run_id in summary.failed:
                 print(f"    failed: {run_id} (see failures/{run_id}.json)")
             failed += len(summary.failed)
-    return EXIT_FAILED_RUNS if failed else EXIT_OK
+    return failed
 
 
 def _print_step_sizes(out_dir, name: str) -> None:
@@ -288,7 +302,11 @@ def command_report(out_dir: Path) -> int:
 
     if not store.stored_experiments(out_dir):
         return _refuse(ValueError(f"{out_dir}: no stored experiments (no */config.json)"))
-    written = write_report(out_dir)
+    try:
+        with output_lock(out_dir):
+            written = write_report(out_dir)
+    except LockedError as error:
+        return _refuse(error)
     width = max((len(claim.id) for claim in written.claims), default=0)
     for claim in written.claims:
         verdict = VERDICT_WORDS[claim.verdict.holds]
