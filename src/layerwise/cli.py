@@ -302,6 +302,13 @@ def command_report(out_dir: Path) -> int:
 
     if not store.stored_experiments(out_dir):
         return _refuse(ValueError(f"{out_dir}: no stored experiments (no */config.json)"))
+    from layerwise.experiments.integrity import bad_run_files
+
+    for experiment in store.stored_experiments(out_dir):
+        for path, problem in bad_run_files(out_dir, experiment).items():
+            return _refuse(
+                ValueError(f"{path}: {problem}; rerun `layerwise run {experiment}` to redo it")
+            )
     try:
         with output_lock(out_dir):
             written = write_report(out_dir)

@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 from tqdm import tqdm
 
-from layerwise.experiments import store
+from layerwise.experiments import integrity, store
 from layerwise.experiments.config import ConfigError, ResolvedConfig
 from layerwise.experiments.executors import Executor, Job, Outcome
 from layerwise.experiments.registry import MethodSpec, RunTask
@@ -167,7 +167,7 @@ def run_experiment(
     start = time.perf_counter()
     name = config.experiment.name
     runs = plan_runs(config, device, progress=progress)
-    finished = store.finished_run_ids(out_dir, name)
+    finished = integrity.usable_run_ids(out_dir, name)  # a corrupt file is redone
     todo = [run for run in runs if run.run_id not in finished]
     summary = RunSummary(name, Path(out_dir), total=len(runs), skipped=len(runs) - len(todo))
 
