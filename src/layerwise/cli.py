@@ -114,14 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one experiment's config")
     run.add_argument("name", help="experiment name (its config is NAME.yaml)")
     _add_execution_options(run)
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (dotted path, YAML value), e.g. settings.d=64",
-    )
+    _add_set_option(run)
+    run.add_argument("--report", action="store_true", help="write the report of --out afterwards")
     run.add_argument(
         "--config",
         help="config file (default: ./configs/NAME.yaml if present, else the packaged one)",
@@ -134,7 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", help="run every registered experiment that has a config, then report"
     )
     _add_execution_options(reproduce)
+    _add_set_option(reproduce)
+    reproduce.add_argument(
+        "--only", metavar="A,B", help="only these experiments (comma-separated names)"
+    )
     return parser
+
+
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (dotted path, YAML value), e.g. settings.d=64",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,7 +302,10 @@ def command_run(args: argparse.Namespace) -> int:
                 ValueError(f"unknown experiment {args.name!r}{hint} (see `layerwise list`)")
             )
         return _refuse(error)
-    return _execute([config], args)
+    status = _execute([config], args)
+    if args.report and status != EXIT_REFUSED:
+        return command_report(_default_out(args)) or status
+    return status
 
 
 def command_report(out_dir: Path) -> int:
@@ -325,7 +337,15 @@ def command_report(out_dir: Path) -> int:
 
 def command_reproduce(args: argparse.Namespace) -> int:
     configs = []
-    for name in sorted(registry.experiments()):
+    names = sorted(registry.experiments())
+    if args.only:
+        chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+        for name in chosen:
+            if name not in names:
+                hint = _did_you_mean(name, names)
+                return _refuse(ValueError(f"--only: unknown experiment {name!r}{hint}"))
+        names = [name for name in names if name in chosen]
+    for name in names:
         try:
             path = find_config(name)
         except ConfigError:

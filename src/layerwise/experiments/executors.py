@@ -248,6 +248,8 @@ class RayExecutor(Executor):
         self._ray = ray
         self.address = address
         self._started = False
+        if address is not None and not ray.is_initialized():
+            _probe_address(address)
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
             try:
@@ -288,6 +290,26 @@ class RayExecutor(Executor):
         if self._started:
             self._ray.shutdown()
             self._started = False
+
+
+#: How long a Ray address may take to accept a connection (Ray itself retries for minutes).
+RAY_CONNECT_SECONDS = 10.0
+
+
+def _probe_address(address: str) -> None:
+    """Refuse a ``host:port`` that does not accept a TCP connection within a bounded time."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as error:
+        raise ExecutorError(
+            f"--address {address}: no Ray cluster answers there within "
+            f"{RAY_CONNECT_SECONDS:g} s ({error})"
+        ) from None
 
 
 def make_executor(
