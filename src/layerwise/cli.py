@@ -100,6 +100,9 @@ def _add_execution_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--rerun-stale", action="store_true", help="redo stored runs of another code version"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,11 +265,24 @@ def _execute(configs: Sequence[ResolvedConfig], args: argparse.Namespace) -> int
 
 
 def _run_all(configs, args, executor, out_dir: Path, command: list[str]) -> int:
+    from layerwise.experiments import integrity
     from layerwise.experiments.runner import run_experiment
 
     failed = 0
     with executor:
         for config in configs:
+            name = config.experiment.name
+            if args.rerun_stale:
+                redo = integrity.set_aside_stale(out_dir, name)
+                if redo:
+                    print(f"{name}: {redo} runs of another code version will be redone")
+            else:
+                stale = integrity.stale_run_ids(out_dir, name)
+                if stale:
+                    print(
+                        f"{name}: {len(stale)} stored runs come from another code version "
+                        f"than {integrity.code_version()}; --rerun-stale redoes them"
+                    )
             summary = run_experiment(
                 config,
                 out_dir,

@@ -48,3 +48,42 @@ def usable_run_ids(out_dir: str | Path, experiment: str) -> set[str]:
     for path in bad_run_files(out_dir, experiment):
         path.replace(path.with_name(path.name + CORRUPT_SUFFIX))
     return store.finished_run_ids(out_dir, experiment)
+
+
+def code_version() -> dict[str, str | None]:
+    """The code a run is computed by: the package version and, in a git checkout, the commit."""
+    from importlib import metadata
+
+    from layerwise.experiments.runner import git_commit
+
+    global _CODE
+    if _CODE is None:
+        try:
+            version = metadata.version("layerwise")
+        except metadata.PackageNotFoundError:
+            version = None
+        _CODE = {"layerwise": version, "git_commit": git_commit()}
+    return _CODE
+
+
+_CODE: dict[str, str | None] | None = None
+
+
+def stale_run_ids(out_dir: str | Path, experiment: str) -> list[str]:
+    """Finished runs stored by another code version (or by one that recorded none)."""
+    current = code_version()
+    return [
+        run_id
+        for run_id in sorted(store.finished_run_ids(out_dir, experiment))
+        if run_file_problem(store.run_path(out_dir, experiment, run_id)) is None
+        and store.run_metadata(out_dir, experiment, run_id).get("code") != current
+    ]  # an unreadable file is not stale but corrupt: the runner moves it aside
+
+
+def set_aside_stale(out_dir: str | Path, experiment: str) -> int:
+    """Move the stale runs' files aside (``.stale``) so that they are redone; their count."""
+    stale = stale_run_ids(out_dir, experiment)
+    for run_id in stale:
+        path = store.run_path(out_dir, experiment, run_id)
+        path.replace(path.with_name(path.name + ".stale"))
+    return len(stale)

@@ -220,6 +220,7 @@ def _store_outcome(out_dir: str | Path, run: PlannedRun, outcome: Outcome, devic
                     table[key] = [value] * len(table)
             table["run_id"] = run.run_id
             metadata = {"seconds": round(outcome.seconds, 3), "device": device, "at": _now()}
+            metadata["code"] = integrity.code_version()  # a resume from other code is reported
             try:
                 store.write_run(out_dir, name, run.run_id, table, metadata)
                 return True
