@@ -189,3 +189,19 @@ def test_a_compiled_model_keeps_its_attention_on_the_adam_path_with_a_warning():
         optimizer = KFAC(model, loss="cross_entropy")
     assert optimizer._source.attention == []
     assert len(optimizer._source.layers) == 3  # the feed-forward linears and the head
+
+
+def test_off_statistics_steps_the_attention_runs_without_the_capture():
+    """The projection mode (and its extra products) only on statistics steps."""
+    model, (x, y) = make_model(), data()
+    optimizer = KFAC(model, loss="cross_entropy", statistics_every=2, refresh_every=2)
+    capture = optimizer._source.capture
+    entered: list[bool] = []
+    model[0].self_attn.register_forward_pre_hook(  # runs after KFAC's own pre-hook
+        lambda module, args: entered.append(bool(capture._attention_modes))
+    )
+    for _ in range(4):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert entered == [True, False, True, False]

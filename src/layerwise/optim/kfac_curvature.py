@@ -567,7 +567,12 @@ class CurvatureCapture:
                 "Compile the model before creating KFAC (its attention then takes the Adam "
                 "path), or pass skip_layers=[nn.MultiheadAttention]"
             )
-        if self._recording():
+        layers = [p for p in (projections.in_proj, projections.out_proj) if p is not None]
+        wanted = any(
+            layer in self._captures or self._needs(layer) != (Side.NONE, Side.NONE)
+            for layer in layers
+        )
+        if self._recording() and wanted:  # off statistics steps the module runs as it is
             mode = ProjectionMode(projections, self._on_layer_forward)
             mode.__enter__()
             self._attention_modes.append((module, mode))
