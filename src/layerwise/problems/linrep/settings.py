@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from layerwise.problems.sizes import size_forms
+
 #: A step size: a positive number, or "tune" for the tuning stage.
 StepSize = float | Literal["tune"]
 
@@ -70,8 +72,7 @@ class LinrepSettings(BaseModel):
     @classmethod
     def _size_forms(cls, data: Any) -> Any:
         """``n`` or ``n_over_d`` (exactly one, or both consistent): ``n = round(n_over_d·d)``."""
-        if not isinstance(data, dict) or "n_over_d" not in data:
-            return data
+        return size_forms(data, cls.model_fields["d"].default, stored="n")
         data = dict(data)
         ratio = data.pop("n_over_d")
         d = data.get("d", cls.model_fields["d"].default)

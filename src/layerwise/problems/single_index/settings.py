@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from layerwise.problems.sizes import size_forms
+
 
 class Link(StrEnum):
     """The teacher's link σ⋆ (all have a non-zero first Hermite coefficient)."""
@@ -103,8 +105,7 @@ class SingleIndexSettings(BaseModel):
     @classmethod
     def _size_forms(cls, data: Any) -> Any:
         """``n_over_d`` or ``n`` (exactly one, or both consistent): ``n_over_d = n / d``."""
-        if not isinstance(data, dict) or "n" not in data:
-            return data
+        return size_forms(data, cls.model_fields["d"].default, stored="n_over_d")
         data = dict(data)
         size = data.pop("n")
         d = data.get("d", cls.model_fields["d"].default)
