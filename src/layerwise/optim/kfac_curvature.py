@@ -196,14 +196,15 @@ def check_declared_loss(grad: Tensor, loss: Loss) -> None:
     if int(informative.sum()) < 2:
         return
     zero_sum = bool((sums[informative] <= 1e-6 * sizes[informative]).all())
-    if Loss(loss) is Loss.CROSS_ENTROPY and not zero_sum:
+    cross_entropy = Loss(loss) is Loss.CROSS_ENTROPY
+    if cross_entropy and not zero_sum:
         raise ValueError(
             "KFAC: loss='cross_entropy' was declared, but the training loss's gradient with "
             "respect to the model output does not sum to zero over the classes, as softmax "
             "cross-entropy's does: the loss is not cross-entropy of these outputs. Declare the "
             "loss the model is trained with (loss='mse', or pass the loss module)"
         )
-    if Loss(loss) is Loss.MSE and zero_sum:
+    if not cross_entropy and zero_sum:
         warnings.warn(
             "KFAC: loss='mse' was declared, but every row of the training loss's gradient "
             "with respect to the model output sums to zero, as softmax cross-entropy's does: "
@@ -212,7 +213,7 @@ def check_declared_loss(grad: Tensor, loss: Loss) -> None:
             stacklevel=2,
         )
     total = float(sizes.sum())
-    if Loss(loss) is Loss.CROSS_ENTROPY and total > 2.0 * (1 + 1e-6):
+    if cross_entropy and total > 2.0 * (1 + 1e-6):
         warnings.warn(
             f"KFAC: the cross-entropy gradient has total size {total:.3g} (a mean over the "
             "batch has at most 2): was the loss summed (reduction='sum') or scaled? KFAC's "
@@ -389,8 +390,7 @@ class CurvatureCapture:
     ) -> None:
         self.curvature = Curvature(curvature)
         self.statistics_batch = statistics_batch
-        self._loss_checked = False
-        self.loss = Loss(loss)
+        self.loss = loss  # the setter converts and marks it unchecked
         self.mc_samples = mc_samples
         self.generator = generator
         self._needs = needs
