@@ -17,7 +17,6 @@ written).
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ from layerwise.experiments.config import (
     ConfigError,
     ResolvedConfig,
     config_search_dirs,
+    did_you_mean,
     find_config,
     load_config,
 )
@@ -47,11 +47,6 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame) -> None:
     raise Terminated()
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class _VersionAction(argparse.Action):
@@ -154,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = next((word for word in words if not word.startswith("-")), None)
     if first is not None and first not in COMMANDS:
         print(
-            f"layerwise: error: unknown command {first!r}{_did_you_mean(first, COMMANDS)} "
+            f"layerwise: error: unknown command {first!r}{did_you_mean(first, COMMANDS)} "
             f"(commands: {', '.join(COMMANDS)})",
             file=sys.stderr,
         )
@@ -313,7 +308,7 @@ def command_run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         known = registry.experiments()
         if args.config is None and args.name not in known:
-            hint = _did_you_mean(args.name, known)
+            hint = did_you_mean(args.name, known)
             return _refuse(
                 ValueError(f"unknown experiment {args.name!r}{hint} (see `layerwise list`)")
             )
@@ -358,7 +353,7 @@ def command_reproduce(args: argparse.Namespace) -> int:
         chosen = [name.strip() for name in args.only.split(",") if name.strip()]
         for name in chosen:
             if name not in names:
-                hint = _did_you_mean(name, names)
+                hint = did_you_mean(name, names)
                 return _refuse(ValueError(f"--only: unknown experiment {name!r}{hint}"))
         names = [name for name in names if name in chosen]
     for name in names:

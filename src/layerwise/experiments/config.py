@@ -28,7 +28,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -476,12 +476,16 @@ def _check_keys(source: str, path: str, given: Mapping[str, Any], allowed: set[s
             raise ConfigError(source, f"{path}.{key}", _unknown_field(str(key), allowed))
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (``""`` if none is close),
+    compared case-insensitively (kappa_F -> kappa_f, not kappa_x) and shown as spelled."""
+    by_lower = {name.lower(): name for name in sorted(choices, reverse=True)}
+    close = difflib.get_close_matches(word.lower(), sorted(by_lower), n=1)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
 def _unknown_field(key: str, allowed: set[str]) -> str:
-    # Compared case-insensitively (kappa_F -> kappa_f, not kappa_x); the allowed spelling is shown.
-    by_lower = {name.lower(): name for name in sorted(allowed, reverse=True)}
-    close = difflib.get_close_matches(key.lower(), sorted(by_lower), n=1)
-    hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
-    return f"unknown field{hint} (allowed: {', '.join(sorted(allowed))})"
+    return f"unknown field{did_you_mean(key, allowed)} (allowed: {', '.join(sorted(allowed))})"
 
 
 def _config_error(
