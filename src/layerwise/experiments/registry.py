@@ -80,6 +80,13 @@ class Claim:
     id: str
     statement: str
     decide: Callable[[pd.DataFrame], Verdict]
+    #: How the verdict is decided, in words, with its thresholds (what the report prints under
+    #: the claim), e.g. "holds when the fitted slope of log iterations against log κ is below
+    #: 0.1 for kfac and above 0.5 for sgd".
+    rule: str = ""
+    #: The experiment's figure (a key of :attr:`Experiment.figures`) that shows the evidence;
+    #: the report links the claim to it. Empty: the experiment's first figure.
+    figure: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +150,8 @@ class Experiment:
     saves it as ``<experiment>-<name>`` PNG and PDF), or ``(table, out_dir) -> paths`` for a
     function that writes its own files (see :func:`layerwise.experiments.report.draw`).
     ``tables`` maps a table name to a function ``(table) -> DataFrame`` of display strings
-    that the report shows under the experiment's figures.
+    that the report shows under the experiment's figures. ``captions`` maps a figure name to
+    its one-sentence caption.
     """
 
     name: str
@@ -153,6 +161,8 @@ class Experiment:
     claims: tuple[Claim, ...] = ()
     figures: Mapping[str, Callable[[pd.DataFrame], Any]] = field(default_factory=dict)
     tables: Mapping[str, Callable[[pd.DataFrame], pd.DataFrame]] = field(default_factory=dict)
+    #: One-sentence caption per figure name (what is plotted and what to look for).
+    captions: Mapping[str, str] = field(default_factory=dict)
     seeds_per_run: int = 1
     split_methods: bool = True
     timing_columns: tuple[str, ...] = ()
