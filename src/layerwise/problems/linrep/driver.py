@@ -60,6 +60,11 @@ def build_method(
     return ALGORITHMS[algorithm](g0, f0, lr_tensor, params)
 
 
+#: ``(algorithm, params, instance, step sizes, damping) -> Method``: how a problem that reuses
+#: this driver (e.g. ``deep_linrep``) builds its methods; :func:`build_method` is linrep's.
+MethodBuilder = Callable[[str, BaseModel, Instance, Iterable[float], float], Method]
+
+
 @dataclass
 class Trace:
     """What ``simulate`` records; arrays are indexed (…, R, S)."""
@@ -205,17 +210,19 @@ def tune_step_size(
     device: str = "cpu",
     damping: float = 0.0,
     progress: str | None = None,
+    builder: MethodBuilder = build_method,
 ) -> Tuning:
     """Choose the step size on the shared grid by the worst iterations-to-eps (SPEC §2).
 
-    ``progress``: a description for a bar over the tuning iterations (None: no bar)."""
+    ``progress``: a description for a bar over the tuning iterations (None: no bar);
+    ``builder``: how the method is built (another problem's methods on linrep's instances)."""
     seeds = tuple(TUNING_SEED_OFFSET + i for i in range(settings.tuning_seeds))
     instance = make_instance(settings, seeds, device)
     grid = settings.step_sizes
     override = getattr(params, "lr_grid", None)
     if override is not None:
         grid = [2.0**e for e in range(override[0], override[1] + 1)]
-    method = build_method(algorithm, params, instance, grid, damping)
+    method = builder(algorithm, params, instance, grid, damping)
     if progress is not None:
         progress = f"{progress}: tuning {len(grid)} step sizes"
     trace = simulate(settings, instance, method, stop=one_replica_done, progress=progress)
@@ -245,11 +252,12 @@ def resolve_step_size(
     device: str,
     damping: float = 0.0,
     progress: str | None = None,
+    builder: MethodBuilder = build_method,
 ) -> tuple[float, Tuning | None]:
     """``params.lr`` if it is a number, else the tuned step size."""
     if params.lr != "tune":
         return float(params.lr), None
-    tuning = tune_step_size(settings, algorithm, params, device, damping, progress)
+    tuning = tune_step_size(settings, algorithm, params, device, damping, progress, builder)
     return tuning.lr, tuning
 
 

@@ -38,6 +38,7 @@ from layerwise.experiments.registry import MethodSpec, RunTask
 from layerwise.problems.linrep.data import BatchStream, make_instance
 from layerwise.problems.linrep.driver import (
     METRICS,
+    MethodBuilder,
     Trace,
     all_done,
     build_method,
@@ -125,8 +126,11 @@ def run_methods(
     metrics: tuple[str, ...] = (),
     to_budget: bool = False,
     final_transfer: bool = False,
+    builder: MethodBuilder = build_method,
 ) -> tuple[LinrepSettings, list[MethodRun]]:
-    """Tune (where asked) and simulate every method of ``task`` on the paired seeds."""
+    """Tune (where asked) and simulate every method of ``task`` on the paired seeds.
+
+    ``builder`` builds the methods (default: linrep's; ``deep_linrep`` passes its own)."""
     settings, methods = _check(task)
     runs = []
     with single_thread():
@@ -136,9 +140,9 @@ def run_methods(
                 damping_value = 0.0 if np.isnan(damping) else damping
                 bar = _bar_description(task, label, damping) if task.progress else None
                 lr, tuning = resolve_step_size(
-                    settings, spec.name, spec.params, task.device, damping_value, bar
+                    settings, spec.name, spec.params, task.device, damping_value, bar, builder
                 )
-                method = _build(spec, instance, lr, damping_value, settings)
+                method = builder(spec.name, spec.params, instance, [lr], damping_value)
                 trace = simulate(
                     settings,
                     instance,
@@ -150,7 +154,9 @@ def run_methods(
                     progress=bar and f"{bar} lr={lr:g}",
                 )
                 trace.seconds_per_iteration = step_cost(
-                    _build(spec, instance, lr, damping_value, settings), settings, instance
+                    builder(spec.name, spec.params, instance, [lr], damping_value),
+                    settings,
+                    instance,
                 )
                 runs.append(MethodRun(label, spec.name, lr, tuning is not None, damping, trace))
     return settings, runs
@@ -169,10 +175,6 @@ def step_cost(method, settings: LinrepSettings, instance, repeats: int = COST_RE
         method.step(batch)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
-
-
-def _build(spec: MethodSpec, instance, lr: float, damping: float, settings: LinrepSettings):
-    return build_method(spec.name, spec.params, instance, [lr], damping)
 
 
 def _base_row(settings: LinrepSettings, run: MethodRun, seed: int) -> dict:
@@ -206,9 +208,9 @@ def _summary(settings: LinrepSettings, run: MethodRun, index: int, seed: int) ->
     return row
 
 
-def run_summary(task: RunTask) -> pd.DataFrame:
+def run_summary(task: RunTask, *, builder: MethodBuilder = build_method) -> pd.DataFrame:
     """Iterations to eps, censoring, divergence and the fitted rate per seed and method."""
-    settings, runs = run_methods(task)
+    settings, runs = run_methods(task, builder=builder)
     rows = [_summary(settings, run, i, seed) for run in runs for i, seed in enumerate(task.seeds)]
     return pd.DataFrame(rows)
 
