@@ -112,19 +112,11 @@ def _single_index_bytes(s) -> int:
     return _FLOAT64 * (4 * s.d * s.d + 3 * s.width * s.d + samples * (s.d + s.width))
 
 
-def _mlp_bytes(s) -> int:
-    samples = s.n_train + s.n_test
-    return _FLOAT64 * (
-        samples * (s.d_in + s.hidden + s.d_out) + 8 * s.hidden * (s.d_in + s.d_out + s.hidden)
-    )
-
-
 #: Working-set estimates by problem name; a settings model may instead define
 #: ``memory_bytes(self) -> int``. A problem with neither is not checked.
 MEMORY_ESTIMATES: dict[str, Callable[[Any], int]] = {
     "linrep": _linrep_bytes,
     "single_index": _single_index_bytes,
-    "mlp": _mlp_bytes,
 }
 
 

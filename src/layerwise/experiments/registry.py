@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 #: Modules whose import registers problems and experiments.
 EXPERIMENT_MODULES: tuple[str, ...] = (
-    "layerwise.experiments.mlp",
+    "layerwise.problems.mlp.experiments",
     "layerwise.problems.linrep.experiments",
     "layerwise.problems.single_index.experiments",
     "layerwise.problems.training.experiments",
