@@ -1,4 +1,5 @@
-"""Issue 17: SIGTERM and SIGINT stop the workers, finalize config.json and exit 143 / 130."""
+"""Issue 17: SIGTERM and SIGINT stop the workers, finalize config.json and exit 143 / 130; a
+terminal's Ctrl-C prints no worker traceback; no worker outlives a command killed with -9."""
 
 from __future__ import annotations
 
@@ -38,38 +39,86 @@ def _group_alive(group: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_bug_17_a_signal_stops_workers_and_finalizes_the_record(signum, write_config, tmp_path):
+def _start(write_config, tmp_path) -> tuple[subprocess.Popen, Path]:
+    """The toy command with two workers, in its own process group (so that every descendant can
+    be found), once both of its (60 s) runs are in flight."""
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(_DRIVER.format(tests=str(Path(__file__).parent))))
     config = write_config({"grid": {"kappa": [1]}, "seeds": [0, 1]})
     out = tmp_path / "out"
+    started = tmp_path / "started"
+    started.mkdir()
     argv = ["run", "toy", "--config", str(config), "--out", str(out), "--workers", "2"]
     process = subprocess.Popen(
         [sys.executable, str(script), *argv, "--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group: every descendant can be found
+        start_new_session=True,
+        env={**os.environ, "SLOW_TOYS_STARTED": str(started)},
     )
-    record_path = out / "toy" / "config.json"
-    deadline = time.monotonic() + 60
-    while not record_path.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 90
+    while len(list(started.iterdir())) < 2 and time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
         time.sleep(0.2)
-    time.sleep(3)  # the workers have started their (60 s) runs
+    if len(list(started.iterdir())) < 2:
+        _kill_group(process.pid)
+        pytest.fail(f"the runs did not start: {process.communicate(timeout=10)}")
+    return process, out / "toy" / "config.json"
+
+
+def _kill_group(group: int) -> None:
+    if _group_alive(group):
+        os.killpg(group, signal.SIGKILL)
+
+
+def _wait_group_gone(group: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _group_alive(group)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_bug_17_a_signal_stops_workers_and_finalizes_the_record(signum, write_config, tmp_path):
+    process, record_path = _start(write_config, tmp_path)
     process.send_signal(signum)
     try:
         _, stderr = process.communicate(timeout=30)
     finally:
-        if _group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
+        _kill_group(process.pid)
     assert process.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr, stderr
     assert f"interrupted by {signal.Signals(signum).name}" in stderr
-    deadline = time.monotonic() + 10
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _group_alive(process.pid)  # no worker or forkserver survives
+    assert _wait_group_gone(process.pid, 10)  # no worker or forkserver survives
     record = json.loads(record_path.read_text())
     assert record["finished_at"] is not None
     assert record["counts"]["not_run"] == 4 and record["counts"]["done"] == 0
+
+
+def test_bug_17_ctrl_c_to_the_terminal_group_prints_no_worker_traceback(write_config, tmp_path):
+    """A terminal's Ctrl-C signals the whole foreground group, the workers included."""
+    process, _ = _start(write_config, tmp_path)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        _kill_group(process.pid)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.count("interrupted by SIGINT") == 1, stderr
+    assert _wait_group_gone(process.pid, 10)
+
+
+def test_bug_17_no_worker_outlives_a_killed_command(write_config, tmp_path):
+    """kill -9 of the command: its workers (and the forkserver) notice and exit, so a reader of
+    the command's output sees end-of-file."""
+    process, _ = _start(write_config, tmp_path)
+    process.kill()
+    try:
+        # The pipes close only when every process holding them has exited.
+        process.communicate(timeout=20)
+        assert _wait_group_gone(process.pid, 10)
+    finally:
+        _kill_group(process.pid)

@@ -14,6 +14,12 @@ A run that raises becomes an outcome with the traceback; a worker process that d
 time in a fresh process, and the one that dies again becomes a failed outcome, so one bad run
 never stops a sweep. The run functions themselves take their randomness from the seeds in
 their task; executors add nothing that could change a table.
+
+No local worker outlives the command: the command stops its workers when it ends or is
+signalled (:meth:`LocalExecutor.run`), and each worker watches the command's process and exits
+when it is gone (a ``kill -9`` gives the command no chance to stop anything). Workers ignore
+SIGINT, so a terminal's Ctrl-C, which reaches every process of the foreground group, is
+handled once, by the command.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from __future__ import annotations
 import abc
 import multiprocessing
 import os
+import select
+import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -88,11 +97,54 @@ def _collect(future: Future, job: Job) -> Outcome | None:
     return Outcome(job.run_id, None, text, 0.0)
 
 
-def _init_worker() -> None:
+def _init_worker(command_pid: int | None = None) -> None:
+    """Set up a worker; with ``command_pid`` (local pools) it ends when that process does."""
     import torch
 
     # Several workers share the machine's cores; one intra-op thread each avoids oversubscription.
     torch.set_num_threads(1)
+    if command_pid is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _exit_with(command_pid)
+
+
+#: How often a worker without ``pidfd_open`` checks that the command still exists.
+WATCH_SECONDS = 1.0
+
+
+def _exit_with(pid: int) -> None:
+    """End this process as soon as process ``pid`` has exited (a daemon thread waits for it).
+
+    ``os.pidfd_open`` (Linux >= 5.3) gives a descriptor that becomes readable when ``pid``
+    exits, whoever its parent is (a forkserver's workers are not the command's children);
+    elsewhere ``pid`` is polled every :data:`WATCH_SECONDS`.
+    """
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)  # already gone
+    except (AttributeError, OSError):
+        descriptor = None
+
+    def watch() -> None:
+        if descriptor is not None:
+            select.select([descriptor], [], [])
+        else:
+            while _exists(pid):
+                time.sleep(WATCH_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="layerwise-watch-command", daemon=True).start()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 class Executor(abc.ABC):
@@ -134,8 +186,31 @@ def _process_context() -> multiprocessing.context.BaseContext:
         # Workers fork from a server that has already imported torch (and torch._dynamo, which
         # the first optimizer step imports): a worker starts in milliseconds, not seconds.
         context.set_forkserver_preload(["torch", "torch._dynamo", "pandas", __name__])
+        _start_forkserver_without_sigint()
         return context
     return multiprocessing.get_context("spawn")
+
+
+def _start_forkserver_without_sigint() -> None:
+    """Start the forkserver with SIGINT ignored (a no-op when it is running).
+
+    The forkserver ignores SIGINT itself only once its preloads are imported (seconds, for
+    torch), and a Ctrl-C during them prints their traceback. An ignored signal stays ignored
+    across ``exec``, and the forkserver's workers inherit it. SIGINT is blocked meanwhile, so
+    one that arrives now is delivered to this process afterwards, not lost.
+    """
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class LocalExecutor(Executor):
@@ -157,7 +232,10 @@ class LocalExecutor(Executor):
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=workers, mp_context=_process_context(), initializer=_init_worker
+            max_workers=workers,
+            mp_context=_process_context(),
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:

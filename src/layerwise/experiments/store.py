@@ -153,8 +153,20 @@ def write_invocation(out_dir: str | Path, experiment: str, record: Mapping[str, 
     text = json.dumps(to_json(record), indent=2)
     _atomic_write(folder / CONFIG, lambda handle: handle.write(text.encode()))
     if record.get("finished_at") is not None:
-        with (folder / INVOCATIONS).open("a") as history:
-            history.write(json.dumps(to_json(record)) + "\n")
+        _append_line(folder / INVOCATIONS, json.dumps(to_json(record)))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line with a single ``write`` on an ``O_APPEND`` descriptor, so that a kill
+    leaves the history with the whole line or without it, never with part of it."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = (line + "\n").encode()
+        written = os.write(descriptor, data)
+        if written != len(data):
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+    finally:
+        os.close(descriptor)
 
 
 def read_invocation(out_dir: str | Path, experiment: str) -> dict[str, Any] | None:
