@@ -22,7 +22,7 @@ from layerwise.problems.linrep.settings import (
     KfacParams,
     LinrepSettings,
     SgdParams,
-    check_compatible,
+    check_method,
 )
 
 ISOTROPIC = LinrepSettings(d=10, k=2, dy=3, n=40, kappa_x=1, kappa_f=1, iterations=1500, eps=1e-3)
@@ -105,12 +105,12 @@ def test_tuning_picks_the_best_worst_case_step_size():
 def test_methods_refuse_sample_sizes_they_cannot_use():
     s = LinrepSettings(d=20, k=2, dy=3, n=42)
     with pytest.raises(ValueError, match="n=42 too small for dfw"):
-        check_compatible(s, "dfw", METHOD_MODELS["dfw"]())
+        check_method(s, "dfw", METHOD_MODELS["dfw"]())
     s = LinrepSettings(d=20, k=2, dy=3, n=20)
     with pytest.raises(ValueError, match="n=20 too small for undamped kfac"):
-        check_compatible(s, "kfac", KfacParams())
-    check_compatible(s, "kfac", KfacParams(damping_g=0.1))
-    check_compatible(s, "dfw", METHOD_MODELS["dfw"](too_few_samples="skip"))
+        check_method(s, "kfac", KfacParams())
+    check_method(s, "kfac", KfacParams(damping_g=0.1))
+    check_method(s, "dfw", METHOD_MODELS["dfw"](too_few_samples="skip"))
 
 
 def test_configs_refuse_an_undamped_kfac_without_enough_samples():

@@ -10,8 +10,12 @@ from pydantic import ValidationError
 
 from layerwise.experiments.registry import MethodSpec
 from layerwise.problems.single_index.data import covariance_spectrum, make_instance, sample
-from layerwise.problems.single_index.settings import KfacParams, SgdParams, SingleIndexSettings
-from layerwise.problems.single_index.simulation import check_methods
+from layerwise.problems.single_index.settings import (
+    KfacParams,
+    SgdParams,
+    SingleIndexSettings,
+    check_methods,
+)
 
 DTYPE = torch.float64
 

@@ -1,7 +1,7 @@
 """Linear representation learning (SPEC §2): y = F⋆ G⋆ x + ε, learn row(G⋆).
 
-Modules: ``settings`` (validated settings and hyperparameters), ``data`` (instances and data
-streams), ``metrics``, ``algorithms`` and ``second_order`` (the methods), ``driver`` (batched
-simulation and step-size tuning), ``theory``, ``experiments`` (registered experiments),
-``claims`` and ``figures``.
+Modules: ``settings`` (validated settings and hyperparameters, ``check_method``), ``data``
+(instances and data streams), ``metrics``, ``algorithms``, ``second_order`` and ``library``
+(the methods), ``driver`` (batched simulation and step-size tuning), ``run`` (the experiments'
+run functions), ``theory``, ``claims``, ``figures`` and ``experiments`` (registration only).
 """

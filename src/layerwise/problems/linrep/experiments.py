@@ -13,8 +13,8 @@ from layerwise.experiments.registry import (
     register_experiment,
     register_problem,
 )
-from layerwise.problems.linrep import claims, figures, runs
-from layerwise.problems.linrep.settings import METHOD_MODELS, LinrepSettings, check_compatible
+from layerwise.problems.linrep import claims, figures, run
+from layerwise.problems.linrep.settings import METHOD_MODELS, LinrepSettings, check_method
 
 #: All seeds of a method go in one run (the algorithms are vectorized over seeds).
 SEEDS_PER_RUN = 1000
@@ -24,19 +24,21 @@ PROBLEM = register_problem(
         name="linrep",
         settings_model=LinrepSettings,
         method_models=METHOD_MODELS,
-        check_method=check_compatible,
+        check_method=check_method,
     )
 )
 
 
-def _experiment(name: str, description: str, run, claim_list, figure, caption: str) -> Experiment:
+def _experiment(
+    name: str, description: str, run_function, claim_list, figure, caption: str
+) -> Experiment:
     figure_name = name.removeprefix("linrep-")
     return register_experiment(
         Experiment(
             name=name,
             problem="linrep",
             description=description,
-            run=run,
+            run=run_function,
             claims=tuple(claim_list),
             figures={figure_name: figure},
             captions={figure_name: caption},
@@ -51,7 +53,7 @@ TRAJECTORIES = _experiment(
     "linrep-trajectories",
     "Training loss, subspace distance and transfer excess risk against iterations for every "
     "method (the paper's Figure 1 analogue).",
-    runs.run_trajectories,
+    run.run_trajectories,
     (),
     figures.trajectories,
     "Median over seeds (band: interquartile range) of the batch training loss, the subspace "
@@ -61,7 +63,7 @@ TRAJECTORIES = _experiment(
 KAPPA = _experiment(
     "linrep-kappa",
     "Iterations to dist <= eps and the fitted contraction rate against κ(Σx) and κ(F⋆).",
-    runs.run_summary,
+    run.run_summary,
     (claims.C1, claims.C2, claims.C3),
     figures.kappa,
     "Median iterations to subspace distance ≤ ε against κ(Σx) (left) and κ(F⋆) (right), dashed "
@@ -71,7 +73,7 @@ KAPPA = _experiment(
 BASIS = _experiment(
     "linrep-basis",
     "Axis-aligned against rotated Σx for adam, batchnorm and kfac.",
-    runs.run_summary,
+    run.run_summary,
     (claims.C5, claims.C6),
     figures.basis,
     "Median iterations to ε against κ(Σx) with axis-aligned and with rotated Σx: adam should rise "
@@ -81,7 +83,7 @@ BASIS = _experiment(
 TRANSFER = _experiment(
     "linrep-transfer",
     "Transfer excess risk against n_transfer for representations learned at an equal budget.",
-    runs.run_transfer,
+    run.run_transfer,
     (claims.C7,),
     figures.transfer,
     "Median transfer excess risk against the number of transfer samples, for representations "
@@ -90,7 +92,7 @@ TRANSFER = _experiment(
 FLOOR = _experiment(
     "linrep-floor",
     "Stationary subspace distance against samples per step (kfac: n − d; dfw: n/2 − d).",
-    runs.run_floor,
+    run.run_floor,
     (claims.C8,),
     figures.floor,
     "Median stationary subspace distance against n_eff − d on log axes, with a slope −½ reference "
@@ -99,7 +101,7 @@ FLOOR = _experiment(
 SECOND_ORDER = _experiment(
     "linrep-second-order",
     "kfac against damped Gauss–Newton and damped Newton over a damping grid.",
-    runs.run_summary,
+    run.run_summary,
     (claims.C4,),
     figures.second_order,
     "Median iterations to ε of damped Gauss–Newton and Newton against the damping μ, one panel per"

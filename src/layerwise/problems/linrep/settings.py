@@ -259,7 +259,7 @@ def has_enough_samples(settings: LinrepSettings, algorithm: str) -> bool:
     return not (algorithm == "dfw" and settings.n // 2 <= settings.d + 1)
 
 
-def check_compatible(settings: BaseModel, algorithm: str, params: BaseModel) -> None:
+def check_method(settings: BaseModel, algorithm: str, params: BaseModel) -> None:
     """Refuse a method that cannot run on these settings, naming the field and value.
 
     The problem's ``check_method``: configs call it for every grid point and method before

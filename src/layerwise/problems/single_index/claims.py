@@ -1,6 +1,6 @@
 """Claims C9–C13 of SPEC.md §5, decided from the stored tables of the single-index experiments.
 
-Every decision reads medians over seeds per grid point (columns of :mod:`.simulation`), states
+Every decision reads medians over seeds per grid point (columns of :mod:`.run`), states
 its thresholds here (our choices, fixed before looking at results) and returns the numbers it
 used as evidence. A claim whose rows are missing from the table is undecided (None), with what
 is missing named. Decisions are per method label (one algorithm may appear under several labels,
@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from layerwise.experiments.registry import Verdict, combine_parts
+from layerwise.experiments.registry import Claim, Verdict, combine_parts
 
 #: C10: the kfac spike counts as aligned with β⋆ at the largest n/d above this median cosine.
 KFAC_ALIGNED = 0.9
@@ -299,3 +299,43 @@ def decide_adam_batchnorm(table: pd.DataFrame) -> Verdict:
         },
         summary=f"{verdict.summary}; batchnorm worse than sgd at {int(hurts.sum())}/{len(hurts)}",
     )
+
+
+# -- the claims ------------------------------------------------------------------------------
+
+C9 = Claim(
+    id="C9",
+    statement="One SGD step's spike aligns with Σβ⋆ more than with β⋆ and stays below the cap "
+    "cos(Σβ⋆, β⋆) (anisotropic Σ, largest n/d).",
+    decide=decide_sgd_bias,
+)
+C10 = Claim(
+    id="C10",
+    statement="One KFAC step's spike aligns with β⋆ and the alignment grows to near 1 with n/d "
+    f"(tanh link; median >= {KFAC_ALIGNED} at the largest n/d).",
+    decide=decide_kfac_alignment,
+)
+C11 = Claim(
+    id="C11",
+    statement="Simulation matches the theory lines for sgd and kfac, both for the vector v and "
+    "for the spike of ΔW (f0 ≈ 0).",
+    decide=decide_theory_match,
+)
+C11_DAMPED = Claim(
+    id="C11-damped",
+    statement="The damped (ridge) deterministic equivalent matches the kfac simulation at "
+    "n/d <= 1 across the damping grid, for v and for the spike.",
+    decide=decide_damped_theory_match,
+)
+C12 = Claim(
+    id="C12",
+    statement="After the ridge readout, test risk orders kfac < sgd < rf under anisotropic Σ "
+    f"(tanh link, medians at n/d >= {RISK_MIN_RATIO:g}).",
+    decide=decide_risk_order,
+)
+C13 = Claim(
+    id="C13",
+    statement="Adam's and batch-norm's one-step features are not better than KFAC's "
+    "(the evidence also says whether batch-norm hurts compared with sgd).",
+    decide=decide_adam_batchnorm,
+)

@@ -15,7 +15,6 @@ instance, initialization and batches of each seed; seeds are vectorized in group
 from __future__ import annotations
 
 from layerwise.experiments.registry import (
-    Claim,
     Experiment,
     Problem,
     register_experiment,
@@ -23,8 +22,8 @@ from layerwise.experiments.registry import (
 )
 
 from . import claims, figures
-from .settings import METHOD_MODELS, SingleIndexSettings
-from .simulation import check_method, run_task
+from .run import run_task
+from .settings import METHOD_MODELS, SingleIndexSettings, check_method
 
 #: Seeds per run: memory grows like seeds × (n + n_test) × d, about 0.6 GB at d = 512, n/d = 8.
 SEEDS_PER_RUN = 5
@@ -38,50 +37,13 @@ PROBLEM = register_problem(
     )
 )
 
-C9 = Claim(
-    id="C9",
-    statement="One SGD step's spike aligns with Σβ⋆ more than with β⋆ and stays below the cap "
-    "cos(Σβ⋆, β⋆) (anisotropic Σ, largest n/d).",
-    decide=claims.decide_sgd_bias,
-)
-C10 = Claim(
-    id="C10",
-    statement="One KFAC step's spike aligns with β⋆ and the alignment grows to near 1 with n/d "
-    f"(tanh link; median >= {claims.KFAC_ALIGNED} at the largest n/d).",
-    decide=claims.decide_kfac_alignment,
-)
-C11 = Claim(
-    id="C11",
-    statement="Simulation matches the theory lines for sgd and kfac, both for the vector v and "
-    "for the spike of ΔW (f0 ≈ 0).",
-    decide=claims.decide_theory_match,
-)
-C11_DAMPED = Claim(
-    id="C11-damped",
-    statement="The damped (ridge) deterministic equivalent matches the kfac simulation at "
-    "n/d <= 1 across the damping grid, for v and for the spike.",
-    decide=claims.decide_damped_theory_match,
-)
-C12 = Claim(
-    id="C12",
-    statement="After the ridge readout, test risk orders kfac < sgd < rf under anisotropic Σ "
-    f"(tanh link, medians at n/d >= {claims.RISK_MIN_RATIO:g}).",
-    decide=claims.decide_risk_order,
-)
-C13 = Claim(
-    id="C13",
-    statement="Adam's and batch-norm's one-step features are not better than KFAC's "
-    "(the evidence also says whether batch-norm hurts compared with sgd).",
-    decide=claims.decide_adam_batchnorm,
-)
-
 ALIGNMENT = register_experiment(
     Experiment(
         name="single-index-alignment",
         problem="single_index",
         description="Spike alignment of one sgd/kfac step against n/d and κ, with theory lines.",
         run=run_task,
-        claims=(C9, C10, C11),
+        claims=(claims.C9, claims.C10, claims.C11),
         figures={"alignment": figures.alignment_figure, "sgd_bias": figures.sgd_bias_figure},
         seeds_per_run=SEEDS_PER_RUN,
         split_methods=False,
@@ -94,7 +56,7 @@ RISK = register_experiment(
         problem="single_index",
         description="Excess risk after the ridge readout against n/d for every one-step method.",
         run=run_task,
-        claims=(C12, C13),
+        claims=(claims.C12, claims.C13),
         figures={"risk": figures.risk_figure, "features": figures.feature_alignment_figure},
         seeds_per_run=SEEDS_PER_RUN,
         split_methods=False,
@@ -107,7 +69,7 @@ DAMPING = register_experiment(
         problem="single_index",
         description="kfac alignment and risk against the damping at n/d <= 1 and large κ.",
         run=run_task,
-        claims=(C11_DAMPED,),
+        claims=(claims.C11_DAMPED,),
         figures={"damping": figures.damping_figure},
         seeds_per_run=SEEDS_PER_RUN,
         split_methods=False,

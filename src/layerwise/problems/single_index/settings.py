@@ -13,12 +13,16 @@ config fails before anything runs, naming the field. Conventions (SPEC.md §3):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from layerwise.problems.sizes import size_forms
+
+if TYPE_CHECKING:
+    from layerwise.experiments.registry import MethodSpec
 
 
 class Link(StrEnum):
@@ -248,3 +252,25 @@ METHOD_MODELS: dict[str, type[BaseModel]] = {
     "rf": RandomFeaturesParams,
     "oracle": OracleParams,
 }
+
+
+def check_methods(settings: SingleIndexSettings, methods: Mapping[str, MethodSpec]) -> None:
+    """Refuse combinations a single model cannot see (:func:`check_method`), naming the label."""
+    for label, spec in methods.items():
+        try:
+            check_method(settings, spec.name, spec.params)
+        except ValueError as error:
+            raise ValueError(f"method {label!r}: {error}") from None
+
+
+def check_method(settings: SingleIndexSettings, algorithm: str, params: BaseModel) -> None:
+    """Refuse a method that cannot run on these settings, naming the field and value.
+
+    The problem's ``check_method``: configs call it for every grid point and method before
+    anything runs. Undamped kfac needs n > d + 1 (Σ̂x is singular or the OLS variance infinite
+    otherwise)."""
+    if algorithm == "kfac" and params.damping == 0 and settings.n <= settings.d + 1:
+        raise ValueError(
+            f"kfac: damping must be > 0 when n <= d + 1 (Σ̂x is singular or the OLS variance "
+            f"infinite); got damping=0, n={settings.n}, d={settings.d}"
+        )

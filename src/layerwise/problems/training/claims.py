@@ -29,7 +29,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from layerwise.experiments.registry import Verdict
+from layerwise.experiments.registry import Claim, Verdict
 
 STEP_RATIO_GOAL = 0.7
 WALL_RATIO_GOAL = 0.8
@@ -215,3 +215,25 @@ def decide_peer_match(table: pd.DataFrame) -> Verdict:
         evidence={"pairs": pairs, "tolerance": PEER_TOLERANCE, "unavailable": missing},
         summary=f"median final val loss, ours vs peer: {listed} (tolerance {PEER_TOLERANCE:.0%})",
     )
+
+
+T1 = Claim(
+    id="T1",
+    statement="Some layer-wise optimizer of ours reaches AdamW's target (its median final "
+    "validation loss) in fewer steps than AdamW on this workload "
+    f"(goal: at most {STEP_RATIO_GOAL}x AdamW's steps).",
+    decide=decide_fewer_steps,
+)
+T2 = Claim(
+    id="T2",
+    statement="Some layer-wise optimizer of ours reaches AdamW's target in less wall-clock than "
+    f"AdamW on this workload (goal: at most {WALL_RATIO_GOAL}x on at least one workload).",
+    decide=decide_less_wall_clock,
+)
+T3 = Claim(
+    id="T3",
+    statement="Each of our optimizers ends (median final validation loss at the step budget) "
+    f"no worse than the peer library's optimizer of the same method (within "
+    f"{PEER_TOLERANCE:.0%}).",
+    decide=decide_peer_match,
+)

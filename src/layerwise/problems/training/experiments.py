@@ -8,7 +8,6 @@ runs once per method), so a sweep parallelizes over methods.
 from __future__ import annotations
 
 from layerwise.experiments.registry import (
-    Claim,
     Experiment,
     Problem,
     register_experiment,
@@ -26,27 +25,6 @@ PROBLEM = register_problem(
     Problem(name="training", settings_model=TrainingSettings, method_models=METHOD_MODELS)
 )
 
-T1 = Claim(
-    id="T1",
-    statement="Some layer-wise optimizer of ours reaches AdamW's target (its median final "
-    "validation loss) in fewer steps than AdamW on this workload "
-    f"(goal: at most {claims.STEP_RATIO_GOAL}x AdamW's steps).",
-    decide=claims.decide_fewer_steps,
-)
-T2 = Claim(
-    id="T2",
-    statement="Some layer-wise optimizer of ours reaches AdamW's target in less wall-clock than "
-    f"AdamW on this workload (goal: at most {claims.WALL_RATIO_GOAL}x on at least one workload).",
-    decide=claims.decide_less_wall_clock,
-)
-T3 = Claim(
-    id="T3",
-    statement="Each of our optimizers ends (median final validation loss at the step budget) "
-    f"no worse than the peer library's optimizer of the same method (within "
-    f"{claims.PEER_TOLERANCE:.0%}).",
-    decide=claims.decide_peer_match,
-)
-
 DESCRIPTIONS = {
     "digits": "Convolutional classifier of scikit-learn's bundled 8x8 digits.",
     "tabular": "MLP classifier of scikit-learn's bundled breast-cancer table.",
@@ -62,7 +40,7 @@ EXPERIMENTS = {
             "budget, its learning rate tuned on a grid with tuning seeds disjoint from the "
             "reported seeds; time to AdamW's median final validation loss.",
             run=run_task,
-            claims=(T1, T2, T3),
+            claims=(claims.T1, claims.T2, claims.T3),
             figures={"curves": figures.curves},
             tables={"speed-up to AdamW's target": claims.speedup_table},
             seeds_per_run=SEEDS_PER_RUN,

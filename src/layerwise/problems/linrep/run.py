@@ -51,7 +51,7 @@ from layerwise.problems.linrep.driver import (
 from layerwise.problems.linrep.settings import (
     TUNING_SEED_OFFSET,
     LinrepSettings,
-    check_compatible,
+    check_method,
     has_enough_samples,
 )
 
@@ -90,7 +90,7 @@ def _dampings(spec: MethodSpec) -> tuple[float, ...]:
 def _check(task: RunTask) -> tuple[LinrepSettings, dict]:
     """Validate the task; return the settings and the methods to run.
 
-    A method the settings cannot support is refused (``check_compatible``), unless its
+    A method the settings cannot support is refused (``check_method``), unless its
     parameters ask to skip such points (dfw with ``too_few_samples: skip``): it is then left out.
     """
     settings = task.settings
@@ -101,7 +101,7 @@ def _check(task: RunTask) -> tuple[LinrepSettings, dict]:
     methods = {}
     for label, spec in task.methods.items():
         try:
-            check_compatible(settings, spec.name, spec.params)
+            check_method(settings, spec.name, spec.params)
         except ValueError as error:
             raise ValueError(f"method {label!r}: {error}") from None
         if has_enough_samples(settings, spec.name):

@@ -26,7 +26,6 @@ import math
 
 import pandas as pd
 import torch
-from pydantic import BaseModel
 from torch import Tensor
 
 from layerwise.experiments.registry import MethodSpec, RunTask
@@ -34,25 +33,7 @@ from layerwise.experiments.registry import MethodSpec, RunTask
 from . import metrics, onestep, theory
 from .data import Instance, generator, make_instance, sample
 from .readout import feature_map, ridge_readout
-from .settings import SingleIndexSettings
-
-
-def check_methods(settings: SingleIndexSettings, methods: dict[str, MethodSpec]) -> None:
-    """Refuse combinations a single model cannot see (:func:`check_method`), naming the label."""
-    for label, spec in methods.items():
-        try:
-            check_method(settings, spec.name, spec.params)
-        except ValueError as error:
-            raise ValueError(f"method {label!r}: {error}") from None
-
-
-def check_method(settings: SingleIndexSettings, algorithm: str, params: BaseModel) -> None:
-    """Undamped kfac needs n > d + 1 (Σ̂x is singular or the OLS variance infinite otherwise)."""
-    if algorithm == "kfac" and params.damping == 0 and settings.n <= settings.d + 1:
-        raise ValueError(
-            f"kfac: damping must be > 0 when n <= d + 1 (Σ̂x is singular or the OLS variance "
-            f"infinite); got damping=0, n={settings.n}, d={settings.d}"
-        )
+from .settings import SingleIndexSettings, check_methods
 
 
 def _step(spec: MethodSpec, instance: Instance, x1: Tensor, y1: Tensor) -> Tensor:

@@ -7,12 +7,12 @@ import math
 import pytest
 
 from layerwise.experiments.registry import MethodSpec, RunTask
+from layerwise.problems.single_index.run import run_seeds, run_task
 from layerwise.problems.single_index.settings import (
     METHOD_MODELS,
     KfacParams,
     SingleIndexSettings,
 )
-from layerwise.problems.single_index.simulation import run_seeds, run_task
 
 ALL_METHODS = {
     name: MethodSpec(name=name, params=(KfacParams(damping=0.1) if name == "kfac" else model()))
