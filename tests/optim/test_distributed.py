@@ -36,6 +36,29 @@ EXACT_CASES = [
     },
     {"name": "ekfac", "optimizer": "kfac", "knobs": {"ekfac": True, "lr": 1e-2}},
 ]
+#: KFAC's factors summed across ranks only when they are read (refreshes every 3 steps; the
+#: EMA and ``latest``): the single-process run to 1e-10.
+DEFERRED_CASES = [
+    {"name": "kfac_deferred", "optimizer": "kfac", "knobs": {"refresh_every": 3}},
+    {
+        "name": "kfac_deferred_latest",
+        "optimizer": "kfac",
+        "knobs": {"refresh_every": 3, "accumulation": "latest", "damping": 1e-2},
+    },
+    {
+        "name": "kfac_deferred_every_2",
+        "optimizer": "kfac",
+        "knobs": {"refresh_every": 4, "statistics_every": 2, "statistics_decay": 0.5},
+    },
+]
+#: A checkpoint (``state_dict()``) between refreshes folds the pending factor sums early: the
+#: continuation equals the uninterrupted run to round-off, not bit for bit.
+DEFERRED_RESUME = {
+    **DEFERRED_CASES[0],
+    "name": "kfac_deferred_resume",
+    "resume": "state_dict",
+    "resume_at": 2,
+}
 #: Equal across ranks bit for bit (not to the single process: see docs/composition.md).
 RANK_CASES = [
     {"name": "soap", "optimizer": "soap", "knobs": {"lr": 1e-2}},
@@ -112,6 +135,7 @@ FSDP_REFUSED = {
 }
 FSDP_CASES = [*FSDP_EXACT_CASES, FSDP_SOAP, *RESUME_CASES]
 CASES = EXACT_CASES + RANK_CASES + FLOAT32_CASES + SPLIT_CASES + FSDP_CASES
+CASES += [*DEFERRED_CASES, DEFERRED_RESUME]
 
 
 def _spawn(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,7 +181,9 @@ def test_ranks_are_bit_identical(ranks: list[dict[str, Any]], case: dict[str, An
     assert _max_gap(first, second) == 0.0
 
 
-@pytest.mark.parametrize("case", EXACT_CASES, ids=[c["name"] for c in EXACT_CASES])
+@pytest.mark.parametrize(
+    "case", EXACT_CASES + DEFERRED_CASES, ids=[c["name"] for c in EXACT_CASES + DEFERRED_CASES]
+)
 def test_ddp_equals_one_process(ranks: list[dict[str, Any]], case: dict[str, Any]) -> None:
     alone = train_case({k: v for k, v in case.items() if k != "micro_batches"})
     gap = _max_gap(ranks[0][case["name"]]["params"], alone["params"])
@@ -187,6 +213,13 @@ def test_split_equals_replicated(ranks: list[dict[str, Any]], case: dict[str, An
     split = ranks[0][case["name"]]["params"]
     replicated = ranks[0][case["name"].removesuffix("_split")]["params"]
     assert _max_gap(split, replicated) <= 1e-12
+
+
+def test_checkpoint_between_refreshes_resumes_to_round_off(ranks: list[dict[str, Any]]) -> None:
+    resumed = ranks[0][DEFERRED_RESUME["name"]]["params"]
+    assert _max_gap(resumed, ranks[0][DEFERRED_CASES[0]["name"]]["params"]) < 1e-10
+    alone = train_case(_without(DEFERRED_RESUME, "resume", "resume_at"))
+    assert _max_gap(resumed, alone["params"]) < 1e-10
 
 
 def test_split_failure_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:

@@ -42,6 +42,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch import distributed as dist
 
 from layerwise.optim import matrix
 from layerwise.optim.distributed import (
@@ -51,6 +52,7 @@ from layerwise.optim.distributed import (
     all_reduce_coalesced,
     assign_owners,
     broadcast_coalesced,
+    check_same_on_every_rank,
     full_tensors,
     local_part,
     refresh_cost,
@@ -150,6 +152,9 @@ def state_bytes(optimizers: Iterable[torch.optim.Optimizer]) -> int:
 
     for optimizer in optimizers:
         visit(list(optimizer.state.values()))
+        source = getattr(optimizer, "_source", None)
+        if isinstance(source, GradientSource):  # KFAC's pending factor sums under a group
+            visit(source.deferred_tensors())
     return total
 
 
@@ -236,7 +241,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         process_group: Any = AUTO_GROUP,
         distributed: str = REPLICATE,
     ) -> None:
-        self._distributed = Distributed(resolve_group(process_group), distributed)
+        group = resolve_group(process_group)
+        initialized = dist.is_available() and dist.is_initialized()
+        auto_without_group = isinstance(process_group, str) and not initialized
+        self._distributed = Distributed(group, distributed, auto_without_group)
         self._parts_cache: dict[int, tuple[dict[str, Any], Parts]] = {}
         # The optimizer's own knobs (torch.optim adds entries of its own to ``defaults``).
         self._knobs = tuple(defaults)
@@ -266,6 +274,25 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 distributed=self._distributed,
             )
         self._source.index(self.param_groups)
+        if self._distributed.active:
+            device = next((p.device for g in self.param_groups for p in g["params"]), None)
+            check_same_on_every_rank(self._signature(), self._distributed.group, device)
+
+    def _signature(self) -> list[str]:
+        """One line per parameter (group, shape, dtype) and per KFAC layer (its block): what
+        must agree on every rank, checked once at construction under a process group."""
+        lines = [
+            f"param group {index}, parameter {position}: {tuple(p.shape)} {p.dtype}"
+            for index, group in enumerate(self.param_groups)
+            for position, p in enumerate(group["params"])
+        ]
+        if isinstance(self._source, LayerFactorSource):
+            source = self._source
+            lines += [
+                f"KFAC layer {index} ({type(layer).__name__}): block {source.block_shape(layer)}"
+                for index, layer in enumerate(source.layers)
+            ]
+        return lines
 
     @staticmethod
     def compose(group: dict[str, Any]) -> Parts:
@@ -334,6 +361,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """As ``torch.optim.Optimizer.state_dict``. Under a process group KFAC first folds
+        every rank's pending factor sums into the factors (:mod:`layerwise.optim.factor_sync`),
+        so the checkpoint holds the global factors: then it is a collective, to be called on
+        every rank (as ``torch.distributed.checkpoint`` does), not on rank 0 alone."""
+        self._source.synchronize()
         state = super().state_dict()
         state.update(self._source.state_dict())
         return state
@@ -392,6 +424,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     # -- the step --------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        self._distributed.check_still_valid(type(self).__name__)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -466,6 +499,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         workspace = self._workspaces.setdefault(id(group), Workspace())
         prepared_blocks = [self._prepare(parts, block) for block in blocks]
         pending = [p for p in prepared_blocks if isinstance(p, _Prepared)]
+        # The factors of the refreshing blocks are read now: every rank's share folded in.
+        refreshing = [b.key for b, p in zip(blocks, prepared_blocks, strict=True) if _refreshes(p)]
+        if refreshing:
+            self._source.synchronize(refreshing)
         self._refresh(parts, [p for p in pending if p.refresh])
         if not transform.batches:
             extra = {"workspace": workspace} if transform.uses_workspace else {}
@@ -759,6 +796,10 @@ class _Outcome:
     def refresh(self, state: dict[str, Any], *, correction: float = 1.0) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _refreshes(prepared: Direction | _Prepared) -> bool:
+    return isinstance(prepared, _Prepared) and prepared.refresh
 
 
 def _reset_if_overflowed(state: dict[str, Any]) -> None:

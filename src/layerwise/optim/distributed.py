@@ -32,6 +32,7 @@ This module holds the small functions; :mod:`layerwise.optim.statistics` and
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,7 +61,20 @@ def resolve_group(process_group: Any = AUTO_GROUP) -> Any:
         if not (dist.is_available() and dist.is_initialized()):
             return None
         return None if dist.get_world_size() <= 1 else dist.group.WORLD
-    if process_group is not None and dist.get_world_size(process_group) <= 1:
+    if process_group is None:
+        return None
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"process_group={process_group!r} was given but torch.distributed is not "
+            "initialized: call torch.distributed.init_process_group first (or pass "
+            "process_group=None for a single process)"
+        )
+    if not isinstance(process_group, dist.ProcessGroup):
+        raise ValueError(
+            f"Invalid process_group: a {type(process_group).__name__} ('auto', None or a "
+            "torch.distributed ProcessGroup)"
+        )
+    if dist.get_world_size(process_group) <= 1:
         return None
     return process_group
 
@@ -72,6 +86,9 @@ class Distributed:
 
     group: Any = None
     mode: str = REPLICATE
+    #: ``process_group="auto"`` found no initialized group: stepping once one with several
+    #: ranks exists is refused (:meth:`check_still_valid`).
+    auto_without_group: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -95,6 +112,20 @@ class Distributed:
     @property
     def world_size(self) -> int:
         return dist.get_world_size(self.group) if self.active else 1
+
+    def check_still_valid(self, owner: str) -> None:
+        """Refuse to step an optimizer built (``process_group="auto"``) before
+        ``init_process_group``: it would run without its group, KFAC's factors rank-local and
+        ``distributed="split"`` ignored, every rank alike."""
+        if not self.auto_without_group or not (dist.is_available() and dist.is_initialized()):
+            return
+        if dist.get_world_size() > 1:
+            raise RuntimeError(
+                f"{owner} was constructed before torch.distributed.init_process_group (its "
+                f"process_group='auto' found no group) and now steps in a job of "
+                f"{dist.get_world_size()} ranks: construct it after init_process_group, or "
+                "pass process_group=None to keep it single-process"
+            )
 
     def global_rank(self, rank: int) -> int:
         """The global rank of ``rank`` in the group (what ``broadcast`` takes)."""
@@ -160,6 +191,40 @@ def local_part(param: Tensor, full: Tensor) -> tuple[Tensor, Tensor]:
     return param.to_local(), local
 
 
+def check_same_on_every_rank(description: Sequence[str], group: Any, device: Any) -> None:
+    """Raise the same ``ValueError`` on every rank of ``group`` unless ``description`` (one line
+    per parameter or block, in order) is the same on all of them: one ``all_gather`` of a
+    digest; only when they differ, a second one of the descriptions, to name the first
+    difference."""
+    text = "\n".join(description).encode()
+    digest = int.from_bytes(hashlib.sha256(text).digest()[:7], "little")
+    mine = torch.tensor([len(description), digest], dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, mine, group=group)
+    if all(torch.equal(other, gathered[0]) for other in gathered):
+        return
+    everyone: list[Any] = [None] * len(gathered)
+    dist.all_gather_object(everyone, list(description), group=group)
+    first = everyone[0]
+    for rank, other in enumerate(everyone):
+        if other == first:
+            continue
+        index = next(
+            (i for i, (a, b) in enumerate(zip(first, other, strict=False)) if a != b),
+            min(len(first), len(other)),
+        )
+        raise ValueError(
+            f"the model differs across ranks: rank 0 has {len(first)} parameter tensors and "
+            f"blocks, rank {rank} {len(other)}; the first difference, entry {index}: rank 0 "
+            f"{_entry(first, index)!r}, rank {rank} {_entry(other, index)!r}. Every rank must "
+            "build the same model and optimizer"
+        )
+
+
+def _entry(lines: Sequence[str], index: int) -> str:
+    return lines[index] if index < len(lines) else "nothing"
+
+
 def refresh_cost(shape: Sequence[int]) -> float:
     """The cost model of a block's refresh: Σ d³ over its sides (eigh, Cholesky, Newton–Schulz
     products all grow with the cube of a side)."""
@@ -187,6 +252,7 @@ __all__ = [
     "all_reduce_coalesced",
     "assign_owners",
     "broadcast_coalesced",
+    "check_same_on_every_rank",
     "full_tensors",
     "local_part",
     "refresh_cost",

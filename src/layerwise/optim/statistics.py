@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from layerwise.optim.distributed import Distributed, all_reduce_coalesced
+from layerwise.optim.factor_sync import DeferredFactors
 from layerwise.optim.kfac_attention import (
     AttentionProjections,
     cross_attention_modules,
@@ -42,7 +43,6 @@ from layerwise.optim.kfac_curvature import (
     accumulate_row_products,
     input_width,
     output_width,
-    second_moment,
     unsupported_reason,
 )
 from layerwise.optim.kronecker import (
@@ -53,7 +53,6 @@ from layerwise.optim.kronecker import (
     SideLayout,
     accumulate_increment,
     accumulation_weights,
-    statistics_dtype,
 )
 
 
@@ -178,6 +177,13 @@ class GradientSource:
 
     def step_done(self) -> None:
         """Nothing is kept between steps."""
+
+    def synchronize(self, keys: Sequence[nn.Parameter] | None = None) -> None:
+        """Nothing is deferred: the statistics in the state are always complete."""
+
+    def deferred_tensors(self) -> list[Tensor]:
+        """Buffers held outside the optimizer state (none)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -317,8 +323,11 @@ class LayerFactorSource(GradientSource):
         self._parts_of = parts_of
         self._state_of = state_of
         self.distributed = distributed if distributed is not None else Distributed()
-        #: The increments of the current step, all-reduced across the process group.
-        self._reduced: dict[Layer, list[Tensor | None]] | None = None
+        #: Under a process group: this rank's pending factor sums (folded at each statistics
+        #: step, summed across the ranks when the factors are read), and the current step's
+        #: increments with this rank's share of each side (``None``: no rank contributed).
+        self.deferred = DeferredFactors()
+        self._shares: dict[Layer, tuple[list[Any], list[float | None]]] | None = None
         compiled = _compiled(model) or _compiled(inner)
         self.layers, self.attention = _preconditioned_layers(inner, skip_layers, compiled)
         self._layer_of: dict[nn.Parameter, Layer] = {}
@@ -376,7 +385,8 @@ class LayerFactorSource(GradientSource):
         new._groups = copy_of(self._groups, memo)
         new._group_index = copy_of(self._group_index, memo)
         new.distributed = self.distributed
-        new._reduced = None
+        new.deferred = copy_of(self.deferred, memo)
+        new._shares = None
         new.generator = torch.Generator(device=self.generator.device)
         new.generator.set_state(self.generator.get_state())
         new.capture = CurvatureCapture(
@@ -468,19 +478,12 @@ class LayerFactorSource(GradientSource):
         decay: float,
     ) -> bool:
         layer = self._layer_of[block.key]
+        beta, alpha = accumulation_weights(accumulation, decay)
         if self.distributed.active:
-            if self._reduced is None:
-                self._reduced = self._all_reduced_increments()
-            increments = self._reduced.get(layer)
-            if increments is None and not self._reduced:
-                return False  # nothing captured on any rank (as one process: no statistics)
-            if increments is None:
-                raise RuntimeError(f"KFAC: no factors were captured for {layer} on this rank")
-        else:
-            increments = self.capture.factor_increments(layer, layout, bias=self.folds_bias(layer))
+            return self._fold_share(layer, state, layout, beta, alpha)
+        increments = self.capture.factor_increments(layer, layout, bias=self.folds_bias(layer))
         if all(increment is None for increment in increments):
             return False  # an empty batch
-        beta, alpha = accumulation_weights(accumulation, decay)
         for key, kind, increment in zip(STATISTIC_KEYS, layout, increments, strict=True):
             if kind is Side.NONE or increment is None:
                 continue
@@ -490,67 +493,99 @@ class LayerFactorSource(GradientSource):
                 accumulate_increment(accumulation, decay, state[key], increment)
         return True
 
+    def _fold_share(
+        self, layer: Layer, state: dict[str, Any], layout: SideLayout, beta: float, alpha: float
+    ) -> bool:
+        r"""Under a process group: fold this rank's share :math:`\alpha\, (w_r / W)\, \Delta_r`
+        of each side into its pending sum (:mod:`layerwise.optim.factor_sync`); the factors in
+        ``state`` change only when they are flushed (:meth:`synchronize`)."""
+        if self._shares is None:
+            self._shares = self._reduced_shares()
+        increments, shares = self._shares.get(layer, ([None, None], [None, None]))
+        if all(share is None for share in shares):
+            return False  # nothing captured on any rank, or only empty batches
+        for side, (key, kind) in enumerate(zip(STATISTIC_KEYS, layout, strict=True)):
+            share = shares[side]
+            if kind is Side.NONE or share is None:
+                continue
+            increment = increments[side] if share > 0 else None
+            self.deferred.fold((layer, side), state[key], increment, beta=beta, alpha=alpha * share)
+        return True
+
     def _samples(self) -> int:
         """The samples the output factors of this step come from (``statistics_batch`` of each
         back-propagated forward pass)."""
         capture = self.capture
         return sum(capture._samples(capture._batch_sizes[g]) for g in capture._backwarded)
 
-    def _all_reduced_increments(self) -> dict[Layer, list[Tensor | None]]:
-        r"""The factor increments of every captured layer, averaged across the process group
-        weighted by what each rank contributed (``A``: its input rows, ``B``: its samples), as
-        :math:`\sum_r w_r \Delta_r / \sum_r w_r`. All layers' increments and weights travel in
-        one flat buffer per dtype (one ``all_reduce``); row products are materialized first. A
-        rank with an empty batch contributes zeros with weight 0. Every rank must have
-        captured the same layers with the same kinds (the same model and step)."""
+    def _reduced_shares(self) -> dict[Layer, tuple[list[Any], list[float | None]]]:
+        r"""This step's increments of every captured layer and this rank's share
+        :math:`w_r / W` of each side (``A``: the input rows, ``B``: the samples it contributed;
+        ``None`` where :math:`W = 0`). One ``all_reduce`` of three numbers per layer (the two
+        weights and whether this rank captured the layer) whatever was captured, so that a
+        layer captured on some ranks only is refused alike on every rank."""
         samples = self._samples()
-        layers = [layer for layer in self.layers if self.capture.capture(layer) is not None]
-        tensors: list[Tensor] = []
-        slots: list[tuple[Layer, int, int]] = []  # (layer, side, index of its tensor)
-        weights: list[float] = []
-        for layer in layers:
-            kinds = self.capture.capture(layer).kinds  # type: ignore[union-attr]
-            increments = self.capture.factor_increments(layer, kinds, bias=self.folds_bias(layer))
-            shape = self.block_shape(layer)
-            like = layer.weight
-            for side, (kind, increment) in enumerate(zip(kinds, increments, strict=True)):
-                if kind is Side.NONE:
+        like = self.layers[0].weight
+        weights = torch.zeros(len(self.layers), 3, dtype=torch.float64, device=like.device)
+        increments: dict[Layer, list[Any]] = {}
+        for index, layer in enumerate(self.layers):
+            capture = self.capture.capture(layer)
+            if capture is None:
+                continue
+            weights[index, 2] = 1.0
+            kinds = capture.kinds
+            found = self.capture.factor_increments(layer, kinds, bias=self.folds_bias(layer))
+            increments[layer] = found
+            for side, (kind, increment) in enumerate(zip(kinds, found, strict=True)):
+                if kind is Side.NONE or increment is None:
                     continue
-                if isinstance(increment, RowProducts):
-                    weight = float(increment.rows.shape[0]) if side == 1 else float(samples)
-                    dtype = statistics_dtype(like.dtype)
-                    value = second_moment(increment.rows.to(dtype), kind, increment.scale)
-                elif increment is not None:
-                    weight, value = float(samples), increment
-                else:
-                    weight = 0.0
-                    size = shape[side]
-                    dims = {Side.DENSE: (size, size), Side.DIAGONAL: (size,), Side.SCALAR: ()}
-                    value = torch.zeros(
-                        dims[kind], dtype=statistics_dtype(like.dtype), device=like.device
-                    )
-                slots.append((layer, side, len(tensors)))
-                tensors.append(value * weight)
-                weights.append(weight)
-        by_dtype: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-        for index, tensor in enumerate(tensors):
-            by_dtype.setdefault((tensor.dtype, tensor.device), []).append(index)
-        totals: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-        for key, indices in by_dtype.items():  # the weights ride in the same buffers
-            totals[key] = torch.tensor([weights[i] for i in indices], dtype=key[0], device=key[1])
-        all_reduce_coalesced([*tensors, *totals.values()], self.distributed.group)
-        reduced: dict[Layer, list[Tensor | None]] = {layer: [None, None] for layer in layers}
-        for key, indices in by_dtype.items():
-            for position, i in enumerate(indices):
-                layer, side, _ = slots[i]
-                total = float(totals[key][position])
-                reduced[layer][side] = tensors[i].div_(total) if total > 0 else None
-        return reduced
+                rows = isinstance(increment, RowProducts) and side == 1
+                weights[index, side] = float(increment.rows.shape[0]) if rows else float(samples)
+        local = weights.tolist()
+        all_reduce_coalesced([weights], self.distributed.group)
+        totals = weights.tolist()
+        world = self.distributed.world_size
+        partial = [
+            str(layer) for layer, t in zip(self.layers, totals, strict=True) if 0 < t[2] < world
+        ]
+        if partial:
+            raise RuntimeError(
+                f"KFAC: the factors of {', '.join(partial)} were captured on some ranks only; "
+                "every rank must run the same model's forward and backward pass before step()"
+            )
+        shares: dict[Layer, tuple[list[Any], list[float | None]]] = {}
+        for layer, mine, total in zip(self.layers, local, totals, strict=True):
+            if total[2] == 0:
+                continue
+            sides = [mine[side] / total[side] if total[side] > 0 else None for side in (0, 1)]
+            shares[layer] = (increments.get(layer, [None, None]), sides)
+        return shares
+
+    def synchronize(self, keys: Sequence[nn.Parameter] | None = None) -> None:
+        r"""Fold every rank's pending sums into the factors of the blocks keyed by ``keys``
+        (every block: ``None``), :math:`S \leftarrow \rho S + \sum_r P_r`, in one
+        ``all_reduce``: a collective, every rank must call it with the same keys."""
+        if not self.distributed.active:
+            return
+        wanted = None if keys is None else set(keys)
+        layers = [layer for layer in self.layers if wanted is None or layer.weight in wanted]
+
+        def factor_of(key: tuple[Layer, int]) -> Tensor:
+            state = self._state_of(key[0].weight)
+            assert state is not None, "a pending factor belongs to a block with state"
+            return state[STATISTIC_KEYS[key[1]]]
+
+        keys_in_order = [(layer, side) for layer in layers for side in (0, 1)]
+        self.deferred.flush(keys_in_order, factor_of, self.distributed.group)
 
     def step_done(self) -> None:
         # Captures belong to one step; nothing of them is needed afterwards (checkpoints).
         self.capture.clear()
-        self._reduced = None
+        self._shares = None
+
+    def deferred_tensors(self) -> list[Tensor]:
+        """This rank's pending factor sums (held outside the optimizer state)."""
+        return self.deferred.tensors()
 
     def remove_hooks(self) -> None:
         self.capture.remove()
@@ -559,6 +594,7 @@ class LayerFactorSource(GradientSource):
         return {GENERATOR_STATE: self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.deferred.clear()  # the loaded factors are the global ones
         generator_state = state.get(GENERATOR_STATE)
         if generator_state is not None:
             self.generator.set_state(generator_state)
