@@ -34,10 +34,16 @@ def test_every_method_runs_on_every_family(options):
     table = run_seeds(settings, ALL_METHODS, (0, 1))
     assert len(table) == 2 * len(ALL_METHODS)
     assert table["excess_risk"].notna().all() and (table["excess_risk"] >= 0).all()
-    assert table.loc[table["method"] == "rf", "spike_align_beta"].isna().all()
+    # No spike without a step (rf) or with all singular values equal (the exact muon step).
+    no_spike = table["method"].isin(["rf", "muon"])
+    assert table.loc[no_spike, "spike_align_beta"].isna().all()
+    assert table.loc[~no_spike, "spike_align_beta"].between(0, 1 + 1e-12).all()
     stepped = table[table["method"] != "rf"]
-    assert stepped["spike_align_beta"].between(0, 1 + 1e-12).all()
-    has_theory = table["method"].isin(["sgd", "kfac"])
+    assert stepped["row_align_beta"].between(0, 1 + 1e-12).all()
+    muon = table["method"] == "muon"  # n/d = 2, N = d: the closed form 1/√d
+    assert table.loc[muon, "theory_row_align_beta"].sub(1 / math.sqrt(12)).abs().max() < 1e-12
+    assert table.loc[~muon, "theory_row_align_beta"].isna().all()
+    has_theory = table["method"].isin(["sgd", "kfac", "shampoo"])
     assert table.loc[has_theory, "theory_align_beta"].notna().all()
     assert table.loc[~has_theory, "theory_align_beta"].isna().all()
     if options.get("target") == "aligned":

@@ -5,7 +5,10 @@ r"""Metrics of the first-layer update ΔW = W1 − W0 (SPEC.md §3).
 - alignment with Σβ⋆: |⟨u, Σβ⋆⟩| / ‖Σβ⋆‖;
 - Σ-weighted alignment: |⟨u, Σβ⋆⟩| / (‖Σ^{1/2}u‖ · ‖Σ^{1/2}β⋆‖)
   (the correlation of the features ⟨u, x⟩ and ⟨β⋆, x⟩);
-- spike separation σ1(ΔW)/σ2(ΔW).
+- spike separation σ1(ΔW)/σ2(ΔW);
+- row alignment with a direction b: ‖ΔW b‖ / (‖ΔW‖F ‖b‖), the root of the share of ΔW's
+  energy along b (:func:`row_alignment`). It needs no spike, so it is defined for the polar
+  (muon) step, whose singular values are all equal and whose top singular vector is arbitrary.
 
 Every function is batched over a leading seed axis S and returns (S,) tensors.
 """
@@ -80,6 +83,13 @@ def spike(delta_w: Tensor) -> Spike:
     return Spike(direction=direction, separation=values[..., 0] / values[..., 1])
 
 
+def spike_by_svd(delta_w: Tensor) -> Spike:
+    """:func:`spike` by a full SVD: for updates whose leading singular values are close
+    (shampoo, muon), where subspace iteration converges slowly."""
+    _, values, vh = torch.linalg.svd(delta_w, full_matrices=False)
+    return Spike(direction=vh[..., 0, :], separation=values[..., 0] / values[..., 1])
+
+
 def alignments(direction: Tensor, beta: Tensor, covariance: Tensor) -> dict[str, Tensor]:
     """The three alignments of ``direction`` (S, d) with the target β⋆ (S, d)."""
     sigma_beta = (covariance @ beta.unsqueeze(-1)).squeeze(-1)
@@ -88,3 +98,24 @@ def alignments(direction: Tensor, beta: Tensor, covariance: Tensor) -> dict[str,
         "sigma_beta": cosine(direction, sigma_beta),
         "sigma_weighted": sigma_weighted_cosine(direction, beta, covariance),
     }
+
+
+def row_alignment(delta_w: Tensor, direction: Tensor) -> Tensor:
+    r"""‖ΔW b‖ / (‖ΔW‖F ‖b‖) for ΔW (S, N, d) and b (S, d), in [0, 1].
+
+    Its square Σi ‖δi‖² cos²(δi, b) / Σi ‖δi‖² is the energy-weighted mean squared cosine of
+    the rows δi of ΔW (the neurons' moves) with b; with ΔW = Σk sk uk vkᵀ it is
+    Σk sk² ⟨vk, b⟩² / (Σk sk² ‖b‖²). For a rank-one ΔW = u vᵀ it is |cos(v, b)| (the spike
+    alignment); for a partial isometry U Vᵀ of rank r (a polar factor) it is ‖P b‖/(√r ‖b‖),
+    P the projection on its row space: 1/√d for every b when r = d (no preferred direction).
+    """
+    moved = (delta_w @ direction.unsqueeze(-1)).squeeze(-1)
+    return torch.linalg.vector_norm(moved, dim=-1) / (
+        torch.linalg.matrix_norm(delta_w) * torch.linalg.vector_norm(direction, dim=-1)
+    )
+
+
+def row_alignments(delta_w: Tensor, beta: Tensor, covariance: Tensor) -> dict[str, Tensor]:
+    """:func:`row_alignment` of ΔW with β⋆ and with Σβ⋆."""
+    sigma_beta = (covariance @ beta.unsqueeze(-1)).squeeze(-1)
+    return {"beta": row_alignment(delta_w, beta), "sigma_beta": row_alignment(delta_w, sigma_beta)}

@@ -11,13 +11,19 @@ Steps (``ΔW = W1 − W0``; η = lr·√N, so ``η √N ∇W = lr·N·∇W``):
     sgd        ΔW = −η √N ∇W L̂(W0)
     kfac       ΔW = −η √N ∇W L̂(W0) (Σ̂x + λG I)⁻¹        (Σ̂x = XᵀX/n; right factor only)
     adam       ΔW = −s sign(∇W L̂(W0)),  s = ‖ΔW_sgd‖F / ‖sign(∇W L̂)‖F
+    shampoo    ΔW = −s (GGᵀ + εI)^{-1/4} G (GᵀG + εI)^{-1/4},  G = ∇W L̂(W0), ε = damping·σ1(G)²
+    muon       ΔW = −s polar(G) = −s U Vᵀ  (G = U S Vᵀ; exact SVD or Newton–Schulz)
     batchnorm  the sgd step of the network (1/√N) aᵀσ(BN(W x)), BN over the batch, no affine
     rf         ΔW = 0
     oracle     W1 = s β⋆ᵀ, s ~ N(0, I_N)
 
 To leading order σ'(W0 x) ≈ μ1 = E σ'(·), so the sgd step is the rank-one spike
 ``lr·√N·μ1 a vᵀ`` with ``v = X1ᵀ(y1 − f0)/n`` and the kfac step replaces v by
-``(Σ̂x + λG I)⁻¹ v``; :mod:`.theory` predicts the direction of v.
+``(Σ̂x + λG I)⁻¹ v``; :mod:`.theory` predicts the direction of v. The shampoo and muon steps
+are matrix functions of G (not of v alone): with G = U S Vᵀ the shampoo step is
+``U S (S² + ε)^{-1/2} Vᵀ``, which keeps G's singular vectors and flattens its spectrum, and
+tends to muon's ``U Vᵀ`` as ε → 0 (:func:`shampoo_step`). Both are scaled to the Frobenius norm
+of the sgd step with the same ``lr`` (as adam), so that only their direction differs.
 
 All functions take tensors with a leading seed axis S: X (S, n, d), y (S, n), W (S, N, d),
 a (S, N).
@@ -30,7 +36,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .settings import Activation
+from layerwise.optim import matrix
+
+from .settings import Activation, Polar
 
 
 def activation_function(activation: Activation | str, z: Tensor) -> Tensor:
@@ -126,9 +134,92 @@ def adam_step(
 ) -> Tensor:
     """One Adam step from zero state, ΔW = −s·sign(∇W L̂), scaled to the sgd step's norm."""
     sgd = sgd_step(w, a, x, y, lr=lr, activation=activation)
-    direction = torch.sign(sgd)
+    return _norm_matched(torch.sign(sgd), sgd)
+
+
+def _norm_matched(direction: Tensor, sgd: Tensor) -> Tensor:
+    """``direction`` rescaled per seed to the Frobenius norm of the sgd step ``sgd``."""
     scale = torch.linalg.matrix_norm(sgd) / torch.linalg.matrix_norm(direction).clamp_min(1e-300)
     return direction * scale[..., None, None]
+
+
+def symmetric_inverse_fourth_root(matrix: Tensor, damping: Tensor) -> Tensor:
+    """(A + εI)^{-1/4} for symmetric PSD A (S, m, m) by ``eigh`` in float64; ε (S,) > 0."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix.to(torch.float64))
+    # Round-off can leave eigenvalues of a Gram matrix slightly negative; they are zero.
+    root = (eigenvalues.clamp_min(0.0) + damping.unsqueeze(-1)) ** -0.25
+    inverse_root = (eigenvectors * root.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+    return inverse_root.to(matrix.dtype)
+
+
+def shampoo_direction(gradient: Tensor, damping: float) -> Tensor:
+    r"""One Shampoo direction from zero state, without accumulation, S (N, d) batched:
+
+        D = (GGᵀ + εI)^{-1/4} G (GᵀG + εI)^{-1/4},     ε = damping · σ1(G)²,
+
+    the inverse fourth roots from ``eigh`` of the two Gram matrices (float64). With the SVD
+    G = U S Vᵀ both roots share G's singular vectors, so D = U S (S² + ε)^{-1/2} Vᵀ: the
+    singular values s ↦ s/√(s² + ε) are flattened towards 1 (muon's polar factor U Vᵀ as
+    ε → 0) and the order of the singular values is kept, so for every ε > 0 the top right
+    singular vector of D is G's (the sgd spike). The damping is relative to σ1(G)² = λmax(GᵀG)
+    because one step's gradient has no natural scale.
+    """
+    if not damping > 0:
+        raise ValueError(f"shampoo damping must be > 0 (ε → 0 is muon), got {damping}")
+    left = gradient @ gradient.transpose(-1, -2)
+    right = gradient.transpose(-1, -2) @ gradient
+    epsilon = damping * torch.linalg.matrix_norm(gradient, ord=2) ** 2
+    return (
+        symmetric_inverse_fourth_root(left, epsilon)
+        @ gradient
+        @ symmetric_inverse_fourth_root(right, epsilon)
+    )
+
+
+def shampoo_step(
+    w: Tensor,
+    a: Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
+    lr: float,
+    damping: float,
+    activation: Activation | str,
+) -> Tensor:
+    """ΔW = −s·D (:func:`shampoo_direction` of G = ∇W L̂(W0)), s matching the sgd step's norm."""
+    gradient = loss_gradient(w, a, x, y, activation)
+    sgd = -lr * w.shape[-2] * gradient
+    return _norm_matched(-shampoo_direction(gradient, damping), sgd)
+
+
+def muon_step(
+    w: Tensor,
+    a: Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
+    lr: float,
+    polar: Polar | str,
+    activation: Activation | str,
+) -> Tensor:
+    """ΔW = −s·polar(G), G = ∇W L̂(W0), s matching the sgd step's Frobenius norm.
+
+    Muon's first step from zero momentum: its momentum (Nesterov or not) is a multiple of G,
+    and the polar factor is scale-free. ``polar="svd"`` is the exact U Vᵀ on G's numerical range
+    (:func:`layerwise.optim.matrix.polar_svd`); ``"newton_schulz"`` the library's quintic
+    iteration (5 steps, float64), which maps the singular values to about [0.7, 1.2] instead
+    of exactly 1.
+    """
+    gradient = loss_gradient(w, a, x, y, activation)
+    sgd = -lr * w.shape[-2] * gradient
+    match Polar(polar):
+        case Polar.SVD:
+            factor = matrix.polar_svd(gradient)
+        case Polar.NEWTON_SCHULZ:
+            factor = matrix.newton_schulz_polar(gradient)
+        case other:  # pragma: no cover - StrEnum makes this unreachable
+            raise ValueError(f"unknown polar method {other!r}")
+    return _norm_matched(-factor, sgd)
 
 
 BATCHNORM_EPS = 1e-12

@@ -10,11 +10,18 @@ Columns of the returned table (one row per seed × method label):
 - ``seed``, ``method`` (label), ``algorithm``, ``lr``, ``damping``, ``n``, ``width``, and the
   settings ``d``, ``n_over_d``, ``kappa``, ``link``;
 - spike of ΔW = W1 − W0: ``spike_align_beta``, ``spike_align_sigma_beta``,
-  ``spike_align_sigma_weighted``, ``spike_separation`` (NaN for ``rf``, where ΔW = 0);
+  ``spike_align_sigma_weighted``, ``spike_separation`` (NaN for ``rf``, where ΔW = 0, and for
+  ``muon`` with the exact polar factor, whose singular values are all equal: no spike);
+- row alignments ‖ΔW b‖/(‖ΔW‖F‖b‖) with b = β⋆ and Σβ⋆ (:func:`.metrics.row_alignment`,
+  defined with or without a spike): ``row_align_beta``, ``row_align_sigma_beta``, and their
+  closed form for the exact muon step (:func:`.theory.polar_row_alignment`, NaN otherwise):
+  ``theory_row_align_beta``, ``theory_row_align_sigma_beta``;
 - the vector v the theory describes (sgd, kfac, batchnorm use X1ᵀy1/n; kfac also applies
-  (Σ̂x + λG I)⁻¹): ``v_align_beta``, ``v_align_sigma_beta``, and ``spike_align_v`` = |cos(u, v)|;
-- theory for v (:mod:`.theory`): ``theory_align_beta`` (sgd, kfac), ``theory_align_sigma_beta``
-  (sgd), ``theory_cap`` = cos(Σβ⋆, β⋆) (every row: a property of the instance);
+  (Σ̂x + λG I)⁻¹; shampoo's spike is exactly sgd's, so it uses sgd's v): ``v_align_beta``,
+  ``v_align_sigma_beta``, and ``spike_align_v`` = |cos(u, v)|;
+- theory for v (:mod:`.theory`): ``theory_align_beta`` (sgd, kfac, shampoo),
+  ``theory_align_sigma_beta`` (sgd, shampoo), ``theory_cap`` = cos(Σβ⋆, β⋆) (every row: a
+  property of the instance);
 - readout (NaN when ``settings.readout`` is off): ``ridge_penalty``, ``validation_mse``,
   ``test_mse``, ``excess_risk``;
 - ``initial_output_rms``: the root mean square of f0 on X1 (≈ 0 is what the theory assumes).
@@ -33,7 +40,7 @@ from layerwise.experiments.registry import MethodSpec, RunTask
 from . import metrics, onestep, theory
 from .data import Instance, generator, make_instance, sample
 from .readout import feature_map, ridge_readout
-from .settings import SingleIndexSettings, check_methods
+from .settings import Polar, SingleIndexSettings, check_methods
 
 
 def _step(spec: MethodSpec, instance: Instance, x1: Tensor, y1: Tensor) -> Tensor:
@@ -52,6 +59,14 @@ def _step(spec: MethodSpec, instance: Instance, x1: Tensor, y1: Tensor) -> Tenso
             return w0 + onestep.adam_step(w0, a, x1, y1, lr=params.lr, activation=activation)
         case "batchnorm":
             return w0 + onestep.batchnorm_step(w0, a, x1, y1, lr=params.lr, activation=activation)
+        case "shampoo":
+            return w0 + onestep.shampoo_step(
+                w0, a, x1, y1, lr=params.lr, damping=params.damping, activation=activation
+            )
+        case "muon":
+            return w0 + onestep.muon_step(
+                w0, a, x1, y1, lr=params.lr, polar=params.polar, activation=activation
+            )
         case "rf":
             return w0.clone()
         case "oracle":
@@ -72,7 +87,7 @@ def _theory(
     spec: MethodSpec, moments: theory.LinkMoments, eigenvalues: Tensor, b: Tensor, n: int
 ) -> tuple[Tensor | None, Tensor | None]:
     match spec.name:
-        case "sgd":
+        case "sgd" | "shampoo":  # shampoo's spike is sgd's (onestep.shampoo_direction)
             return (
                 theory.sgd_alignment(moments, eigenvalues, b, n),
                 theory.sgd_alignment_sigma_beta(moments, eigenvalues, b, n),
@@ -81,6 +96,23 @@ def _theory(
             return theory.kfac_alignment(moments, eigenvalues, b, n, spec.params.damping), None
         case _:
             return None, None
+
+
+def _exact_polar(spec: MethodSpec) -> bool:
+    return spec.name == "muon" and spec.params.polar == Polar.SVD
+
+
+def _polar_theory(
+    spec: MethodSpec, eigenvalues: Tensor, b: Tensor, settings: SingleIndexSettings
+) -> dict[str, Tensor] | None:
+    """Closed-form row alignments of the exact muon step where they exist (else None)."""
+    n, width, d = settings.n, settings.width, settings.d
+    if not _exact_polar(spec) or (width < min(n, d)):
+        return None
+    return {
+        "beta": theory.polar_row_alignment(eigenvalues, b, n, width),
+        "sigma_beta": theory.polar_row_alignment(eigenvalues, eigenvalues * b, n, width),
+    }
 
 
 def run_seeds(
@@ -113,19 +145,29 @@ def run_seeds(
         w1 = _step(spec, instance, x1, y1)
         delta = w1 - instance.w0
         columns: dict[str, Tensor] = {}
-        if spec.name == "rf":
+        if spec.name == "rf" or _exact_polar(spec):
             for key in ("spike_align_beta", "spike_align_sigma_beta", "spike_align_sigma_weighted"):
                 columns[key] = nan
             columns["spike_separation"] = nan
             direction = None
         else:
-            top = metrics.spike(delta)
+            # Flattened spectra (shampoo, muon) make subspace iteration crawl: use the SVD.
+            spectral = spec.name in ("shampoo", "muon")
+            top = metrics.spike_by_svd(delta) if spectral else metrics.spike(delta)
             direction = top.direction
             for key, value in metrics.alignments(direction, instance.beta, covariance).items():
                 columns[f"spike_align_{key}"] = value
             columns["spike_separation"] = top.separation
+        if spec.name == "rf":
+            columns.update(row_align_beta=nan, row_align_sigma_beta=nan)
+        else:
+            for key, value in metrics.row_alignments(delta, instance.beta, covariance).items():
+                columns[f"row_align_{key}"] = value
+        polar_theory = _polar_theory(spec, eigenvalues, b, settings)
+        for key in ("beta", "sigma_beta"):
+            columns[f"theory_row_align_{key}"] = nan if polar_theory is None else polar_theory[key]
         vector = None
-        if spec.name in ("sgd", "batchnorm"):
+        if spec.name in ("sgd", "batchnorm", "shampoo"):
             vector = sgd_vector
         elif spec.name == "kfac":
             damped = onestep.empirical_covariance(x1) + spec.params.damping * torch.eye(

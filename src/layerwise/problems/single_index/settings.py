@@ -232,6 +232,37 @@ class BatchNormParams(_StepParams):
     """The sgd step on the network (1/√N) aᵀσ(BN(W x)), BN without affine parameters."""
 
 
+class ShampooParams(_StepParams):
+    """One exact Shampoo step from zero state, no accumulation, no grafting:
+    ΔW = −s (GGᵀ + εI)^{-1/4} G (GᵀG + εI)^{-1/4}, G = ∇W L̂(W0), ε = ``damping``·σ1(G)²
+    (relative: one gradient has no natural scale), s matching the sgd step's Frobenius norm
+    (the adam rule). ε → 0 is muon's polar step; ε → ∞ is the sgd step.
+    """
+
+    damping: float = Field(1e-12, description="ε relative to σ1(G)²")
+
+    @field_validator("damping")
+    @classmethod
+    def _damping(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"damping must be > 0 (damping -> 0 is the muon step), got {value}")
+        return value
+
+
+class Polar(StrEnum):
+    """How the muon step computes the polar factor U Vᵀ of the gradient."""
+
+    SVD = "svd"  # exact
+    NEWTON_SCHULZ = "newton_schulz"  # the library's quintic iteration, 5 steps
+
+
+class MuonParams(_StepParams):
+    """One Muon step from zero momentum: ΔW = −s·polar(∇W L̂(W0)), s matching the sgd step's
+    Frobenius norm (the adam rule)."""
+
+    polar: Polar = Polar.SVD
+
+
 class RandomFeaturesParams(BaseModel):
     """No step: W1 = W0 (random features)."""
 
@@ -249,6 +280,8 @@ METHOD_MODELS: dict[str, type[BaseModel]] = {
     "kfac": KfacParams,
     "adam": AdamParams,
     "batchnorm": BatchNormParams,
+    "shampoo": ShampooParams,
+    "muon": MuonParams,
     "rf": RandomFeaturesParams,
     "oracle": OracleParams,
 }

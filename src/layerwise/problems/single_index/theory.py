@@ -251,3 +251,55 @@ def isotropic_kfac_alignment(moments: LinkMoments, d: int, n: int) -> float:
     """Σ = I, undamped, n > d + 1: √(c⋆² / (c⋆² + σr² d/(n − d − 1)))."""
     c = moments.c_star
     return math.sqrt(c**2 / (c**2 + moments.residual_variance * d / (n - d - 1)))
+
+
+def projection_effective_penalty(eigenvalues: Tensor, n: int, iterations: int = 200) -> Tensor:
+    r"""κ0 > 0 solving tr Σ(Σ + κ0 I)⁻¹ = n for n < d, by bisection, shape (S,).
+
+    The ridgeless limit λG → 0 of :func:`ridge_effective_penalty` below the interpolation
+    threshold: the projection P = X1ᵀ(X1X1ᵀ)⁻¹X1 on the span of n < d samples has the
+    deterministic equivalent E P ≈ Σ(Σ + κ0 I)⁻¹. The left side decreases from d at κ0 = 0 and
+    is at most tr Σ/κ0, so the root lies in (0, tr Σ / n]."""
+    d = eigenvalues.shape[-1]
+    if not 1 <= n < d:
+        raise ValueError(f"the projection's penalty needs 1 <= n < d, got n={n}, d={d}")
+    low = torch.zeros(eigenvalues.shape[:-1], dtype=eigenvalues.dtype)
+    high = eigenvalues.sum(-1) / n
+    for _ in range(iterations):
+        mid = 0.5 * (low + high)
+        above = (eigenvalues / (eigenvalues + mid.unsqueeze(-1))).sum(-1) > n
+        low = torch.where(above, mid, low)
+        high = torch.where(above, high, mid)
+    return 0.5 * (low + high)
+
+
+def polar_row_alignment(eigenvalues: Tensor, coordinates: Tensor, n: int, width: int) -> Tensor:
+    r"""Predicted row alignment ‖ΔW b‖/(‖ΔW‖F ‖b‖) of the muon step ΔW ∝ polar(G) with a
+    direction b of eigen-coordinates c = Qᵀb (S, d) (:func:`.metrics.row_alignment`).
+
+    G = A X1 with A = −diag(a) σ'(W0 X1ᵀ) diag(r)/(n√N) (N × n), so the row space of G lies in
+    the span of the n samples; generically rank G = min(N, n, d), and the polar factor
+    U Vᵀ is a partial isometry whose squared row alignment is ‖P b‖²/(rank ‖b‖²), P the
+    projection on G's row space. Two cases have a closed form, and neither involves y1:
+
+    - n ≥ d and N ≥ d: G has full column rank, P = I, and the alignment is exactly 1/√d for
+      every b (β⋆, Σβ⋆ or any other direction): the step has no preferred input direction;
+    - n < d and N ≥ n: P = X1ᵀ(X1X1ᵀ)⁻¹X1 (label-free), and with its deterministic equivalent
+      Σ(Σ + κ0)⁻¹ (:func:`projection_effective_penalty`)
+
+          alignment² ≈ Σi ci² λi/(λi + κ0) / (n Σi ci²),
+
+      which favours Σ's top directions (so Σβ⋆ over β⋆) only through the geometry of X1.
+
+    N < min(n, d) has no such form and raises ``ValueError``.
+    """
+    d = eigenvalues.shape[-1]
+    if n >= d and width >= d:
+        return torch.full(eigenvalues.shape[:-1], 1.0 / math.sqrt(d), dtype=eigenvalues.dtype)
+    if n < d and width >= n:
+        kappa = projection_effective_penalty(eigenvalues, n).unsqueeze(-1)
+        share = _quadratic(coordinates, eigenvalues / (eigenvalues + kappa))
+        return torch.sqrt(share / (_quadratic(coordinates, torch.ones_like(eigenvalues)) * n))
+    raise ValueError(
+        f"no closed form for the polar step's alignment with N={width} < min(n={n}, d={d})"
+    )
