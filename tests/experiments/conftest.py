@@ -80,7 +80,7 @@ def write_config(tmp_path):
 # A toy experiment with claims and figures, run and reported (for the report tests)
 
 
-def mean_value_claim(id: str, bound: float):
+def mean_value_claim(id: str, bound: float, **fields):
     from layerwise.experiments.registry import Claim, Verdict
 
     def decide(table):
@@ -91,7 +91,13 @@ def mean_value_claim(id: str, bound: float):
             summary=f"mean value {mean:.4g} vs bound {bound}",
         )
 
-    return Claim(id=id, statement=f"the mean value is below {bound}", decide=decide)
+    return Claim(
+        id=id,
+        statement=f"the mean value is below {bound}",
+        decide=decide,
+        rule=f"holds when the mean of value over every stored row is below {bound}",
+        **fields,
+    )
 
 
 def _broken_decision(table):
@@ -120,9 +126,14 @@ def broken_figure(table):
     raise ZeroDivisionError("no figure possible")
 
 
+#: Captions of the reported toy's figures ("saved" has none: the report must say so).
+TOY_CAPTIONS = {"values": "The median value against step: look for the rise with step."}
+
+
 @pytest.fixture
 def reported(register, write_config, tmp_path):
-    """A stored and reported toy experiment with claims T1 (holds), T2 (does not), T3 (raises)."""
+    """A stored and reported toy experiment with claims T1 (holds), T2 (does not, linked to the
+    figure "saved"), T3 (raises; no rule, a statement with markup to escape)."""
     from layerwise.experiments.config import load_config
     from layerwise.experiments.executors import InProcessExecutor
     from layerwise.experiments.registry import Claim
@@ -132,11 +143,12 @@ def reported(register, write_config, tmp_path):
     register(
         make_toy_experiment(
             claims=(
-                mean_value_claim("T2", 1.0),
+                mean_value_claim("T2", 1.0, figure="saved"),
                 mean_value_claim("T1", 100.0),
-                Claim(id="T3", statement="cannot be decided", decide=_broken_decision),
+                Claim(id="T3", statement="cannot be decided <yet>", decide=_broken_decision),
             ),
             figures={"values": values_figure, "saved": self_saved_figure, "broken": broken_figure},
+            captions=TOY_CAPTIONS,
         )
     )
     config = load_config(write_config())

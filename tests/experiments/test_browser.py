@@ -1,13 +1,15 @@
-"""report.html in a real browser (headless Chromium): every figure decodes, the claims table
-is there. Skipped where no Chromium is installed (CI installs Debian's `chromium`)."""
+"""report.html in a real browser (headless Chromium): the header, the table of contents, and
+every claim linking to a figure that decoded. Skipped where no Chromium is installed (CI
+installs Debian's `chromium`)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+from report_dom import find_all, read
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -20,11 +22,8 @@ def find_browser() -> str | None:
     return None
 
 
-def test_report_html_loads_every_figure_and_shows_the_claims_table(reported, tmp_path):
-    browser = find_browser()
-    if browser is None:
-        pytest.skip(f"no Chromium found (looked for {', '.join(BROWSERS)})")
-    out, _, written = reported
+def dump_dom(browser: str, page: Path, profile: Path) -> str:
+    """The DOM of ``page`` after its load handler ran (headless, nothing fetched elsewhere)."""
     command = [
         browser,
         "--headless",
@@ -35,23 +34,53 @@ def test_report_html_loads_every_figure_and_shows_the_claims_table(reported, tmp
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        f"--user-data-dir={tmp_path / 'browser-profile'}",
+        f"--user-data-dir={profile}",
         # Virtual time runs the page's load handler (the image check) before the DOM is dumped.
         "--virtual-time-budget=10000",
         "--dump-dom",
-        (out / "report.html").as_uri(),
+        page.as_uri(),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    dom = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
-    check = re.search(r'<span id="image-check" data-loaded="(\d+)" data-total="(\d+)"', dom)
-    assert check is not None, "the page's image check did not run:\n" + dom[:2000]
-    loaded, total = map(int, check.groups())
+
+def test_report_in_a_browser_header_contents_and_every_claim_links_to_a_loaded_figure(
+    reported, tmp_path
+):
+    browser = find_browser()
+    if browser is None:
+        pytest.skip(f"no Chromium found (looked for {', '.join(BROWSERS)})")
+    out, config, written = reported
+    dom = read(dump_dom(browser, out / "report.html", tmp_path / "browser-profile"))
+
+    # The header: the paper, quick or full, the seeds.
+    assert "On the Concurrence of Layer-wise Preconditioning" in dom.by_id["paper"].text
+    assert "ICML 2025" in dom.by_id["paper"].text
+    assert dom.by_id["variant"].attrs["data-variant"] == "full"
+    assert dom.by_id["seeds"].text == f"{len(config.seeds)} seeds per experiment"
+    check = dom.by_id["image-check"].attrs
     figures = sum(len(section.figures) for section in written.sections)
-    assert (loaded, total) == (figures, figures) and figures == 2
+    assert (check["data-loaded"], check["data-total"]) == (str(figures), str(figures))
 
-    table = re.search(r'<table id="claims">(.*?)</table>', dom, re.S)
-    assert table is not None
-    rows = re.findall(r'<tr class="(\w+)"><td>(T\d)</td>', table.group(1))
-    assert rows == [("holds", "T1"), ("fails", "T2"), ("undecided", "T3")]
+    # The table of contents: every link goes to an element of the page.
+    contents = [a.attrs["href"] for a in find_all(dom.by_id["contents"], "a")]
+    assert {"#claims", "#claim-details", "#experiments", "#experiment-toy"} <= set(contents)
+    assert all(href[1:] in dom.by_id for href in contents)
+    (table,) = find_all(dom.root, "table", "claims-table")
+    rows = [
+        (cells[0].text, cells[3].text)
+        for row in find_all(table, "tr")
+        if len(cells := find_all(row, "td")) == 5
+    ]
+    assert rows == [("T1", "holds"), ("T2", "does not hold"), ("T3", "undecided")]
+
+    # Every claim links to a figure whose image the browser decoded.
+    claims = find_all(dom.root, "article", "claim")
+    assert [claim.attrs["data-claim"] for claim in claims] == ["T1", "T2", "T3"]
+    for claim in claims:
+        (link,) = find_all(claim, "a", "figure-link")
+        target = dom.by_id[link.attrs["href"][1:]]
+        assert target.tag == "figure", link.attrs["href"]
+        (image,) = find_all(target, "img")
+        assert int(image.attrs["data-natural-width"]) > 0, link.attrs["href"]

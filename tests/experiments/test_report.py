@@ -1,4 +1,5 @@
-"""The report: figures, claims decided from the stored table, report.md/html, claims.json."""
+"""The report: figures, claims decided from the stored table, report.md/html, claims.json;
+the header, table of contents, rules, evidence, captions and settings of the page."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import base64
 import json
 import re
 
+import pandas as pd
 import pytest
 from experiment_toys import expected_value
+from report_dom import claim_rows, find_all, read
+
+from layerwise.experiments.report import VERDICT_WORDS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -50,24 +55,101 @@ def test_figures_are_written_as_png_and_pdf_and_broken_ones_are_listed(reported)
     assert section.figure_errors == [("broken", "ZeroDivisionError: no figure possible")]
 
 
-def test_report_md_has_the_claims_table_settings_run_time_and_figures(reported):
-    out, _, _ = reported
+def test_report_md_has_the_header_claims_table_run_time_and_figures(reported):
+    out, config, _ = reported
     text = (out / "report.md").read_text()
-    assert "3 claims: holds: 1, does not hold: 1, undecided: 1" in text
-    assert "| T1 | the mean value is below 100.0 | toy | **holds** |" in text
-    assert "| T2 | the mean value is below 1.0 | toy | **does not hold** |" in text
-    assert "| T3 | cannot be decided | toy | **undecided** | undecided: ZeroDivisionError" in text
-    assert "runs: 24 of 24 finished, 0 failed; 72 rows" in text
+    assert "On the Concurrence of Layer-wise Preconditioning Methods" in text
+    assert "ICML 2025" in text and "Zhang, Moniri" in text
+    assert "| Variant | **full** |" in text  # the fixture runs without --quick
+    assert f"| Seeds | {len(config.seeds)} seeds per experiment |" in text
+    assert "**3 claims: holds: 1, does not hold: 1, undecided: 1**" in text
+    assert "**How verdicts are decided.**" in text
+    rows = re.findall(r"^\| \[(T\d)\]\(#([\w-]+)\) \| (.*?) \| .*? \| \*\*(.*?)\*\* \|", text, re.M)
+    assert [(i, verdict) for i, _, _, verdict in rows] == [
+        ("T1", "holds"),
+        ("T2", "does not hold"),
+        ("T3", "undecided"),
+    ]
+    assert "runs: 24 of 24 finished, 0 failed; 72 stored rows; 3 seeds (full)" in text
     assert re.search(r"run time: [0-9.]+ s wall for the latest invocation", text)
-    settings = text[text.index("Settings (resolved):") :]
-    assert "kill_marker: ''" in settings  # defaults are shown
-    assert "kappa:\n  - 1\n  - 10" in settings and "points: 4 grid point(s)" in settings
-    assert "beta_two:\n    method: beta\n    lr: 0.5\n    repeats: 2" in settings
-    assert "![toy: values](figures/toy-values.png)" in text
-    assert "figure `broken` not drawn: ZeroDivisionError: no figure possible" in text
+    assert "![Figure 1: toy, values](figures/toy-values.png)" in text
+    assert "figure or table broken not drawn: ZeroDivisionError: no figure possible" in text
 
 
-def test_report_html_is_self_contained_with_every_figure_embedded(reported):
+def test_every_in_page_link_resolves_in_html_and_markdown(reported):
+    out, _, written = reported
+    page = read((out / "report.html").read_text())
+    targets = {link.attrs["href"][1:] for link in page.links}
+    assert targets <= set(page.by_id), targets - set(page.by_id)
+    # The table of contents: claims, claim details, every experiment section.
+    contents = page.by_id["contents"]
+    toc = {a.attrs["href"] for a in find_all(contents, "a")}
+    assert {"#claims", "#claim-details", "#experiments", "#experiment-toy"} <= toc
+    assert {f"#{claim.anchor}" for claim in written.view.claims} <= toc
+    text = (out / "report.md").read_text()
+    md_targets = set(re.findall(r"\]\(#([\w-]+)\)", text))
+    md_anchors = set(re.findall(r'<a id="([\w-]+)"></a>', text))
+    assert md_targets and md_targets <= md_anchors, md_targets - md_anchors
+
+
+def test_each_claim_has_its_rule_summary_evidence_and_figure_link(reported):
+    out, config, _ = reported
+    page = read((out / "report.html").read_text())
+    claims = {a.attrs["data-claim"]: a for a in find_all(page.root, "article", "claim")}
+    assert sorted(claims) == ["T1", "T2", "T3"]
+    rule = find_all(claims["T1"], "p", "rule")[0].text
+    assert "holds when the mean of value over every stored row is below 100.0" in rule
+    # A claim registered without a rule says so, visibly.
+    missing = find_all(find_all(claims["T3"], "p", "rule")[0], "span", "missing")
+    assert [span.text for span in missing] == ["rule not stated"]
+    links = {i: find_all(a, "a", "figure-link")[0].attrs["href"] for i, a in claims.items()}
+    assert links == {"T1": "#fig-toy-values", "T2": "#fig-toy-saved", "T3": "#fig-toy-values"}
+    for claim in claims.values():
+        (evidence,) = find_all(claim, "table", "evidence")
+        cells = [td.text for td in find_all(evidence, "td")]
+        assert cells and not any("{" in cell or "-0.000" in cell for cell in cells)
+    # Numbers with four significant digits, integral floats as integers.
+    t2 = [td.text for td in find_all(find_all(claims["T2"], "table", "evidence")[0], "td")]
+    assert t2 == ["mean_value", f"{independent_mean_value(config):.4g}", "bound", "1"]
+    # The error's traceback is for the log; the message is the evidence.
+    t3 = [td.text for td in find_all(claims["T3"], "td")]
+    assert t3 == ["error", "ZeroDivisionError: no decision possible"]
+
+
+def test_every_figure_has_its_caption_and_settings_are_folded(reported):
+    out, _, written = reported
+    (toy,) = written.sections
+    page = read((out / "report.html").read_text())
+    section = page.by_id["experiment-toy"]
+    captions = {
+        figure.attrs["id"]: find_all(figure, "figcaption")[0].text
+        for figure in find_all(section, "figure")
+    }
+    assert set(captions) == {"fig-toy-values", "fig-toy-saved"}
+    assert captions["fig-toy-values"].endswith(toy.experiment.captions["values"])
+    assert captions["fig-toy-saved"].endswith("caption not stated")
+    (details,) = find_all(section, "details", "settings")
+    assert find_all(details, "summary")[0].text == "Settings"
+    assert "kill_marker: ''" in find_all(details, "pre")[0].text
+    assert not find_all(section, "pre")[1:]  # no other settings block, nothing unfolded
+    text = (out / "report.md").read_text()
+    folded = text[text.index("<details><summary>Settings</summary>") :]
+    assert "kappa:\n  - 1\n  - 10" in folded and "points: 4 grid point(s)" in folded
+    assert "beta_two:\n    method: beta\n    lr: 0.5\n    repeats: 2" in folded
+    assert folded.rstrip().endswith("</details>")
+    assert text.index("figures/toy-values.png") < text.index("<details><summary>Settings")
+
+
+def test_html_and_markdown_say_the_same_claims_and_verdicts(reported):
+    out, _, written = reported
+    html_rows = claim_rows((out / "report.html").read_text())
+    text = (out / "report.md").read_text()
+    md_rows = re.findall(r"^\| \[([\w-]+)\]\(#[\w-]+\) \| .*? \| \*\*(.*?)\*\* \|", text, re.M)
+    expected = [(c.id, VERDICT_WORDS[c.verdict.holds]) for c in written.claims]
+    assert html_rows == md_rows == expected
+
+
+def test_report_html_is_self_contained_escaped_and_has_no_machine_path(reported, tmp_path):
     out, _, _ = reported
     page = (out / "report.html").read_text()
     embedded = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)">', page)
@@ -76,10 +158,10 @@ def test_report_html_is_self_contained_with_every_figure_embedded(reported):
         (out / "figures" / f"{n}.png").read_bytes() for n in ("toy-values", "toy-self-saved")
     }
     assert {base64.b64decode(data) for data in embedded} == on_disk
-    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
-    rows = re.findall(r'<tr class="(holds|fails|undecided)"><td>(T\d)</td>', page)
-    assert rows == [("holds", "T1"), ("fails", "T2"), ("undecided", "T3")]
-    assert '<table id="claims">' in page
+    assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing loaded from elsewhere
+    assert "cannot be decided &lt;yet&gt;" in page and "<yet>" not in page
+    for text in (page, (out / "report.md").read_text()):
+        assert str(tmp_path) not in text
 
 
 def test_report_uses_the_runs_of_the_latest_invocation(reported, write_config):
@@ -96,3 +178,73 @@ def test_report_uses_the_runs_of_the_latest_invocation(reported, write_config):
     assert claims["T1"].verdict.evidence["mean_value"] == pytest.approx(
         independent_mean_value(fewer), rel=1e-12
     )
+
+
+def test_a_quick_experiment_with_a_rising_loss_is_flagged_in_the_header(reported, register):
+    from layerwise.experiments import store
+    from layerwise.experiments.registry import Experiment
+    from layerwise.experiments.report import write_report
+
+    out, _, _ = reported
+    register(Experiment(name="toy-curves", problem="toy", description="curves", run=print))
+    rows = [
+        dict(method=method, seed=seed, iteration=step, train_loss=loss, distance=1.0 / (step + 1))
+        for seed in (0, 1)
+        for step in range(3)
+        for method, loss in (("up", 1.0 + step), ("down", 1.0 / (step + 1)))
+    ]
+    store.write_run(out, "toy-curves", "r1", pd.DataFrame(rows), {"seconds": 0.5})
+    record = {
+        "source": "toy-curves.yaml (--quick)",
+        "run_ids": ["r1"],
+        "resolved": {"seeds": [0, 1]},
+    }
+    store.write_invocation(out, "toy-curves", record)
+    written = write_report(out)
+    header = written.view.header
+    assert header.variant == "mixed: 1 full, 1 quick"
+    assert header.seeds == "2 to 3 seeds per experiment (each listed below)"
+    sentence = (
+        "up: median training loss rises from 1 to 3 (iteration 0 to 2) while distance "
+        "falls from 1 to 0.3333"
+    )
+    assert [anomaly.sentence for anomaly in header.anomalies] == [sentence]
+    page = read((out / "report.html").read_text())
+    assert sentence in page.by_id["anomalies"].text
+    assert sentence in page.by_id["experiment-toy-curves"].text
+    assert f"{sentence}." in (out / "report.md").read_text()
+
+
+def test_the_report_prints_no_numpy_warning(reported, recwarn):
+    from layerwise.experiments.report import write_report
+
+    out, _, _ = reported
+    write_report(out)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_every_registered_claim_states_its_rule_and_every_figure_its_caption():
+    from layerwise.experiments import registry
+
+    experiments = registry.experiments()
+    no_rule = [
+        f"{name}: {claim.id}"
+        for name, experiment in experiments.items()
+        for claim in experiment.claims
+        if not claim.rule.strip()
+    ]
+    assert not no_rule, f"claims without a rule (Claim.rule): {no_rule}"
+    bad_figure = [
+        f"{name}: {claim.id} -> {claim.figure!r}"
+        for name, experiment in experiments.items()
+        for claim in experiment.claims
+        if claim.figure and claim.figure not in experiment.figures
+    ]
+    assert not bad_figure, f"claims naming a figure their experiment lacks: {bad_figure}"
+    no_caption = [
+        f"{name}: {figure}"
+        for name, experiment in experiments.items()
+        for figure in experiment.figures
+        if not experiment.captions.get(figure, "").strip()
+    ]
+    assert not no_caption, f"figures without a caption (Experiment.captions): {no_caption}"

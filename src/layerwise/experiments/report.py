@@ -3,13 +3,18 @@
 ``write_report(DIR)`` looks at every experiment folder under ``DIR`` (one with a stored
 ``config.json``), loads the rows of the runs of its latest invocation, draws each of the
 experiment's figures (PNG and PDF under ``DIR/figures/``, named ``<experiment>-<figure>``),
-decides each of its claims, and writes
+decides each of its claims, flags anomalies (:mod:`layerwise.experiments.anomalies`), and writes
 
 - ``DIR/claims.json``: a list of ``{"id", "claim", "experiment", "holds", "evidence"}`` with
   ``holds`` true, false or null (undecided);
-- ``DIR/report.md``: the claims table, then per experiment its description, run counts and
-  failures, run time, settings (the stored resolved config) and figures;
-- ``DIR/report.html``: the same, self-contained (figures embedded as base64 PNG).
+- ``DIR/report.html``: a header (the paper, quick or full, seeds, machine, code version, how
+  verdicts are decided, the tally, anomalies), a table of contents, each claim with its rule,
+  result, evidence and a link to its figure, then per experiment its facts, figures with
+  captions, tables and folded settings; self-contained (figures embedded as base64 PNG);
+- ``DIR/report.md``: the same in Markdown, figures linked from ``figures/``.
+
+Both pages are rendered by the Jinja2 templates in ``templates/`` from one view-model
+(:mod:`layerwise.experiments.report_view`); every file is written atomically.
 
 A claim whose decide function raises is undecided, with the error as its evidence; a figure
 function that raises is listed with its error. Neither stops the report.
@@ -17,27 +22,36 @@ function that raises is listed with its error. Neither stops the report.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
 import inspect
 import json
 import re
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 
 from layerwise.experiments import plots, registry, store
+from layerwise.experiments.anomalies import Anomaly, rising_loss
 from layerwise.experiments.registry import Claim, Experiment, Verdict
+from layerwise.experiments.report_view import (
+    NO_CAPTION,
+    VERDICT_WORDS,
+    ReportView,
+    build_view,
+    grid_keys,
+)
+
+__all__ = ["VERDICT_WORDS", "WrittenReport", "build", "render_html", "render_markdown"]
 
 FIGURES = "figures"
-VERDICT_WORDS = {True: "holds", False: "does not hold", None: "undecided"}
+TEMPLATES = "templates"
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ class ExperimentSection:
     """What the report says about one stored experiment."""
 
     name: str
-    record: Mapping[str, Any]
+    record: dict[str, Any]
     experiment: Experiment | None
     rows: int = 0
     runs_finished: int = 0
@@ -73,6 +87,7 @@ class ExperimentSection:
     figure_errors: list[tuple[str, str]] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     claims: list[ClaimResult] = field(default_factory=list)
+    anomalies: list[Anomaly] = field(default_factory=list)
 
 
 def decide(claim: Claim, experiment: str, table: pd.DataFrame) -> ClaimResult:
@@ -138,6 +153,7 @@ def build(out_dir: str | Path) -> list[ExperimentSection]:
         )
         table = store.load(out_dir, name, run_ids)
         section.rows = len(table)
+        section.anomalies = rising_loss(table, grid_keys(record))
         if section.experiment is not None:
             for figure_name, function in section.experiment.figures.items():
                 if table.empty:
@@ -172,231 +188,68 @@ def all_claims(sections: Sequence[ExperimentSection]) -> list[ClaimResult]:
 
 @dataclass(frozen=True)
 class WrittenReport:
-    paths: Mapping[str, Path]  # "claims", "markdown", "html"
+    paths: dict[str, Path]  # "claims", "markdown", "html"
     claims: Sequence[ClaimResult]
     sections: Sequence[ExperimentSection]
+    view: ReportView
 
 
 def write_report(out_dir: str | Path) -> WrittenReport:
-    """Write ``claims.json``, ``report.md`` and ``report.html`` under ``out_dir``."""
+    """Write ``claims.json``, ``report.md`` and ``report.html`` under ``out_dir`` (each
+    atomically: a reader never sees a half-written file)."""
     out_dir = Path(out_dir)
-    sections = build(out_dir)
+    # Medians and quantiles over diverged (infinite) values are meant: no numpy warning spam.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        sections = build(out_dir)
     claims = all_claims(sections)
     generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    view = build_view(sections, claims, out_dir, generated)
     paths = {
         "claims": out_dir / "claims.json",
         "markdown": out_dir / "report.md",
         "html": out_dir / "report.html",
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths["claims"].write_text(json.dumps([c.as_json() for c in claims], indent=2) + "\n")
-    paths["markdown"].write_text(render_markdown(sections, claims, out_dir, generated))
-    paths["html"].write_text(render_html(sections, claims, generated))
-    return WrittenReport(paths=paths, claims=claims, sections=sections)
+    texts = {
+        "claims": json.dumps([c.as_json() for c in claims], indent=2) + "\n",
+        "markdown": render_markdown(view),
+        "html": render_html(view),
+    }
+    for kind, path in paths.items():
+        data = texts[kind].encode()
+        store._atomic_write(path, lambda handle, data=data: handle.write(data))
+    return WrittenReport(paths=paths, claims=claims, sections=sections, view=view)
 
 
 # --------------------------------------------------------------------------------------------
-# Rendering
+# Rendering: one view-model, two templates
 
 
-def _evidence_text(evidence: Mapping[str, Any]) -> str:
-    shown = {key: value for key, value in evidence.items() if key != "traceback"}
-    return json.dumps(store.to_json(shown), separators=(", ", ": "))
-
-
-def _settings_yaml(record: Mapping[str, Any]) -> str:
-    resolved = dict(record.get("resolved") or {})
-    # The grid as configured is what a reader wants; the resolved points are only counted.
-    if "points" in resolved:
-        resolved["points"] = f"{len(resolved['points'])} grid point(s)"
-    return yaml.safe_dump(store.to_json(resolved), sort_keys=False, width=100).strip()
-
-
-def _facts(section: ExperimentSection) -> list[str]:
-    record = section.record
-    counts = record.get("counts") or {}
-    versions = record.get("versions") or {}
-    facts = [
-        f"runs: {section.runs_finished} of {section.runs_total} finished, "
-        f"{len(section.failures)} failed; {section.rows} rows",
-        f"run time: {record.get('wall_seconds', 'unknown')} s wall for the latest invocation "
-        f"({counts.get('done', 0)} runs executed, {counts.get('skipped', 0)} already finished); "
-        f"{section.compute_seconds:.1f} s summed over the stored runs",
-        f"started {record.get('started_at')}, finished {record.get('finished_at')}; "
-        f"executor {record.get('executor')}, device {record.get('device')}",
-        f"config {record.get('source')}; git commit {record.get('git_commit')}",
-        "versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()),
-    ]
-    if record.get("command"):
-        facts.append("command: " + " ".join(record["command"]))
-    if section.experiment is None:
-        facts.append("this experiment is not registered in this build: no figures or claims")
-    return facts
-
-
-def _tally(claims: Sequence[ClaimResult]) -> str:
-    counts = {word: 0 for word in VERDICT_WORDS.values()}
-    for claim in claims:
-        counts[VERDICT_WORDS[claim.verdict.holds]] += 1
-    return f"{len(claims)} claims: " + ", ".join(f"{word}: {n}" for word, n in counts.items())
-
-
-def _markdown_cell(text: str) -> str:
+def _markdown_cell(text: Any) -> str:
+    """A Markdown table cell: ``|`` escaped, on one line."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(frame: pd.DataFrame) -> list[str]:
-    """``frame`` as the lines of a Markdown table (cells as strings)."""
-    lines = ["| " + " | ".join(_markdown_cell(str(c)) for c in frame.columns) + " |"]
-    lines.append("|" + "---|" * len(frame.columns))
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_markdown_cell(str(v)) for v in row) + " |")
-    return lines
+def _environment(autoescape: bool) -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("layerwise.experiments", TEMPLATES),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails the report, not the reader
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    environment.filters["cell"] = _markdown_cell
+    return environment
 
 
-def render_markdown(
-    sections: Sequence[ExperimentSection],
-    claims: Sequence[ClaimResult],
-    out_dir: Path,
-    generated: str,
-) -> str:
-    lines = [
-        "# layerwise report",
-        "",
-        f"Generated {generated} from the results stored in this folder.",
-        "",
-        "## Claims",
-        "",
-        _tally(claims),
-        "",
-        "| id | claim | experiment | verdict | evidence |",
-        "|---|---|---|---|---|",
-    ]
-    for claim in claims:
-        cells = [
-            claim.id,
-            claim.statement,
-            claim.experiment,
-            f"**{VERDICT_WORDS[claim.verdict.holds]}**",
-            f"{claim.verdict.summary} `{_evidence_text(claim.verdict.evidence)}`",
-        ]
-        lines.append("| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |")
-    if not claims:
-        lines.append("| | no claims decided | | | |")
-    lines += ["", "## Experiments", ""]
-    for section in sections:
-        lines += [f"### {section.name}", ""]
-        if section.experiment is not None:
-            lines += [section.experiment.description, ""]
-        lines += [f"- {fact}" for fact in _facts(section)]
-        for failure in section.failures:
-            lines.append(f"- failed run `{failure['run_id']}`: {failure.get('error', '')}")
-        for figure_name, error in section.figure_errors:
-            lines.append(f"- figure `{figure_name}` not drawn: {error}")
-        lines += [
-            "",
-            "Settings (resolved):",
-            "",
-            "```yaml",
-            _settings_yaml(section.record),
-            "```",
-            "",
-        ]
-        for figure_name, path in section.figures:
-            relative = path.relative_to(out_dir) if path.is_relative_to(out_dir) else path
-            lines += [f"![{section.name}: {figure_name}]({relative.as_posix()})", ""]
-        for table_name, frame in section.tables:
-            lines += [f"{table_name}:", "", *markdown_table(frame), ""]
-    return "\n".join(lines) + "\n"
+def render_html(view: ReportView) -> str:
+    """The self-contained HTML page of ``view`` (autoescaped)."""
+    template = _environment(autoescape=True).get_template("report.html.j2")
+    return template.render(view=view, no_caption=NO_CAPTION)
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem;
-       color: #222; }
-table { border-collapse: collapse; width: 100%; }
-th, td { border: 1px solid #ccc; padding: 0.35rem 0.5rem; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-td.verdict { font-weight: bold; white-space: nowrap; }
-tr.holds td.verdict { color: #1a7f37; }
-tr.fails td.verdict { color: #cf222e; }
-tr.undecided td.verdict { color: #9a6700; }
-code, pre { background: #f6f8fa; font-size: 0.85rem; }
-pre { padding: 0.6rem; overflow-x: auto; }
-figure { margin: 1rem 0; }
-figure img { max-width: 100%; }
-"""
-
-# Records in the page whether every embedded figure decoded (read by the browser test).
-_IMAGE_CHECK = """
-window.addEventListener("load", function () {
-  var images = Array.prototype.slice.call(document.images);
-  var loaded = images.filter(function (img) { return img.complete && img.naturalWidth > 0; });
-  var check = document.getElementById("image-check");
-  check.setAttribute("data-loaded", String(loaded.length));
-  check.setAttribute("data-total", String(images.length));
-  check.textContent = loaded.length + " of " + images.length + " figures loaded";
-});
-"""
-
-_ROW_CLASS = {True: "holds", False: "fails", None: "undecided"}
-
-
-def render_html(
-    sections: Sequence[ExperimentSection], claims: Sequence[ClaimResult], generated: str
-) -> str:
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        "<title>layerwise report</title>",
-        f"<style>{_STYLE}</style>",
-        f"<script>{_IMAGE_CHECK}</script>",
-        "</head><body>",
-        "<h1>layerwise report</h1>",
-        f"<p>Generated {e(generated)} from the stored results. "
-        '<span id="image-check" data-loaded="" data-total=""></span></p>',
-        "<h2>Claims</h2>",
-        f"<p>{e(_tally(claims))}</p>",
-        '<table id="claims"><thead><tr><th>id</th><th>claim</th><th>experiment</th>'
-        "<th>verdict</th><th>evidence</th></tr></thead><tbody>",
-    ]
-    for claim in claims:
-        holds = claim.verdict.holds
-        parts.append(
-            f'<tr class="{_ROW_CLASS[holds]}"><td>{e(claim.id)}</td><td>{e(claim.statement)}</td>'
-            f"<td>{e(claim.experiment)}</td>"
-            f'<td class="verdict">{e(VERDICT_WORDS[holds])}</td>'
-            f"<td>{e(claim.verdict.summary)}<details><summary>numbers</summary><code>"
-            f"{e(_evidence_text(claim.verdict.evidence))}</code></details></td></tr>"
-        )
-    parts.append("</tbody></table>")
-    if not claims:
-        parts.append("<p>No claims were decided.</p>")
-    parts.append("<h2>Experiments</h2>")
-    for section in sections:
-        parts.append(f'<section id="{e(section.name)}"><h3>{e(section.name)}</h3>')
-        if section.experiment is not None:
-            parts.append(f"<p>{e(section.experiment.description)}</p>")
-        items = [e(fact) for fact in _facts(section)]
-        items += [
-            f"failed run <code>{e(f['run_id'])}</code>: {e(str(f.get('error', '')))}"
-            for f in section.failures
-        ]
-        items += [
-            f"figure <code>{e(name)}</code> not drawn: {e(error)}"
-            for name, error in section.figure_errors
-        ]
-        parts.append("<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>")
-        parts.append(f"<p>Settings (resolved):</p><pre>{e(_settings_yaml(section.record))}</pre>")
-        for figure_name, path in section.figures:
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            parts.append(
-                f'<figure><img alt="{e(section.name)}: {e(figure_name)}" '
-                f'src="data:image/png;base64,{data}"><figcaption>{e(figure_name)}</figcaption>'
-                "</figure>"
-            )
-        for table_name, frame in section.tables:
-            parts.append(f"<p>{e(table_name)}:</p>" + frame.to_html(index=False, border=0))
-        parts.append("</section>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def render_markdown(view: ReportView) -> str:
+    """The Markdown report of ``view``."""
+    template = _environment(autoescape=False).get_template("report.md.j2")
+    text = template.render(view=view, no_caption=NO_CAPTION)
+    return re.sub(r"\n{3,}", "\n\n", text)  # template blocks leave runs of blank lines

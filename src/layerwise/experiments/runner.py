@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -279,6 +280,7 @@ def invocation_record(
         "executor": executor.describe(),
         "device": device,
         "versions": package_versions(),
+        "machine": machine(),
         "git_commit": git_commit(),
         "started_at": _now(),
         "finished_at": None,
@@ -293,6 +295,15 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
+
+
+def machine() -> dict[str, Any]:
+    """What the report says about the machine: platform, architecture, CPU count."""
+    return {
+        "platform": platform.platform(terse=True),
+        "architecture": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def git_commit() -> str | None:
