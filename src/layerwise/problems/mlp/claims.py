@@ -42,4 +42,7 @@ MLP1 = Claim(
         "initial value"
     ),
     decide=decide_held_out,
+    rule=f"Holds when, for every method, the median over seeds of the held-out loss at the last "
+    f"step divided by that at the first recorded step is below {HELD_OUT_RATIO}.",
+    figure="losses",
 )

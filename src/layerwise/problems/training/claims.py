@@ -217,18 +217,34 @@ def decide_peer_match(table: pd.DataFrame) -> Verdict:
     )
 
 
+#: How the target and the time to reach it are found (part of T1's and T2's rules).
+_TARGET_WORDS = (
+    "target = median over AdamW's reported seeds of its validation loss at the last step; a "
+    "method reaches it at the first evaluated step where the median over its seeds of the "
+    "validation loss is at most the target (a diverged seed counts as an infinite loss)"
+)
+
 T1 = Claim(
     id="T1",
     statement="Some layer-wise optimizer of ours reaches AdamW's target (its median final "
     "validation loss) in fewer steps than AdamW on this workload "
     f"(goal: at most {STEP_RATIO_GOAL}x AdamW's steps).",
     decide=decide_fewer_steps,
+    rule=f"Holds when the best of our optimizers reaches the target in fewer steps than AdamW "
+    f"(steps ratio to AdamW below 1); whether the best ratio meets the {STEP_RATIO_GOAL}x goal "
+    f"is reported, not decided on; {_TARGET_WORDS}.",
+    figure="curves",
 )
 T2 = Claim(
     id="T2",
     statement="Some layer-wise optimizer of ours reaches AdamW's target in less wall-clock than "
     f"AdamW on this workload (goal: at most {WALL_RATIO_GOAL}x on at least one workload).",
     decide=decide_less_wall_clock,
+    rule=f"Holds when the best of our optimizers reaches the target in less training "
+    f"wall-clock than AdamW (median over seeds of the training seconds at the step it is "
+    f"reached; ratio to AdamW below 1); whether it meets the {WALL_RATIO_GOAL}x goal is "
+    f"reported, not decided on; {_TARGET_WORDS}.",
+    figure="curves",
 )
 T3 = Claim(
     id="T3",
@@ -236,4 +252,8 @@ T3 = Claim(
     f"no worse than the peer library's optimizer of the same method (within "
     f"{PEER_TOLERANCE:.0%}).",
     decide=decide_peer_match,
+    rule=f"Holds when, for each of our optimizers with a peer library optimizer of the same "
+    f"method, our median over seeds of the validation loss at the last step is at most the "
+    f"peer's × (1 + {PEER_TOLERANCE:g}) (or the peer diverged); undecided when no peer ran.",
+    figure="curves",
 )
