@@ -170,3 +170,152 @@ def test_newton_schulz_batch_equals_each_matrix(shape, dtype):
     cubic = matrix.newton_schulz_polar(m, coefficients=matrix.NEWTON_SCHULZ_CUBIC, steps=60)
     for index in range(shape[0]):
         torch.testing.assert_close(cubic[index], matrix.polar_svd(m[index]), atol=1e-9, rtol=0)
+
+
+# --- Eigenbases that round-off cannot decide (issue 12) -----------------------------------------
+
+#: A relative perturbation of a few ulps: what summing a batch in another order does.
+ULP_PERTURBATION = 2.0**-50
+
+
+def _degenerate_matrix(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Q diag(λ) Qᵀ`` with a 3-fold and a 4-fold (zero) eigenvalue, and its eigenvalues."""
+    eigenvalues = torch.tensor([5.0, 3.0, 3.0, 3.0, 1.5, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    q = random_orthogonal(eigenvalues.numel(), generator)
+    return (q * eigenvalues) @ q.T, eigenvalues
+
+
+def _perturbed(a: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(a.shape, generator=generator, dtype=a.dtype)
+    return a * (1 + ULP_PERTURBATION * (noise + noise.T) / 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stable_eigenbasis_ignores_ulp_perturbations_where_eigh_does_not(seed):
+    generator = torch.Generator().manual_seed(seed)
+    a, _ = _degenerate_matrix(generator)
+    for reference in (None, random_orthogonal(a.shape[0], generator)):
+        basis = matrix.stable_eigenbasis(a, reference)
+        for _ in range(3):
+            other = _perturbed(a, generator)
+            assert float((matrix.stable_eigenbasis(other, reference) - basis).abs().max()) < 1e-12
+    # The plain eigenvectors inside the degenerate eigenspaces move by O(1).
+    plain = [matrix.symmetric_eigenbasis(m) for m in (a, _perturbed(a, generator))]
+    moved = (plain[0][:, 1:4] - plain[1][:, 1:4]).abs().max()
+    moved_null = (plain[0][:, 5:] - plain[1][:, 5:]).abs().max()
+    assert float(moved) > 1e-3 and float(moved_null) > 1e-3
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_stable_eigenbasis_is_an_orthonormal_eigenbasis(seed):
+    generator = torch.Generator().manual_seed(seed)
+    a, eigenvalues = _degenerate_matrix(generator)
+    q = matrix.stable_eigenbasis(_perturbed(a, generator), random_orthogonal(9, generator))
+    torch.testing.assert_close(q.T @ q, torch.eye(9, dtype=torch.float64), atol=1e-13, rtol=0)
+    rotated = q.T @ a @ q
+    torch.testing.assert_close(rotated, torch.diag(eigenvalues), atol=1e-13, rtol=0)
+
+
+def test_stable_eigenbasis_keeps_distinct_eigenvectors_up_to_sign():
+    generator = torch.Generator().manual_seed(5)
+    q = random_orthogonal(6, generator)
+    a = (q * torch.logspace(1, -3, 6, dtype=torch.float64)) @ q.T
+    reference = random_orthogonal(6, generator)
+    stable = matrix.stable_eigenbasis(a, reference)
+    plain = matrix.symmetric_eigenbasis(a)
+    torch.testing.assert_close(stable, plain * torch.sign((plain * stable).sum(0)), atol=0, rtol=0)
+    assert bool(((stable * reference).sum(0) > 0).all())  # the sign of positive overlap
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_cluster_basis_is_the_closest_to_the_reference(seed):
+    """Against brute force: no other basis of each degenerate eigenspace (random rotations
+    of it) is closer to the reference columns in the Frobenius norm."""
+    generator = torch.Generator().manual_seed(seed)
+    a, _ = _degenerate_matrix(generator)
+    reference = random_orthogonal(9, generator)
+    q = matrix.stable_eigenbasis(a, reference)
+    for start, stop in [(1, 4), (5, 9)]:
+        chosen, target = q[:, start:stop], reference[:, start:stop]
+        best = float(torch.linalg.matrix_norm(chosen - target))
+        for _ in range(300):
+            rotation = random_orthogonal(stop - start, generator)
+            if bool(torch.rand(1, generator=generator) < 0.5):
+                rotation[:, 0] *= -1  # reflections too: any orthonormal basis of the space
+            other = float(torch.linalg.matrix_norm(chosen @ rotation - target))
+            assert other >= best - 1e-12
+        # First-order optimality of Procrustes: Qᵀ T is symmetric positive semi-definite.
+        overlap = chosen.T @ target
+        torch.testing.assert_close(overlap, overlap.T, atol=1e-12, rtol=0)
+        assert float(torch.linalg.eigvalsh(overlap).min()) > -1e-12
+
+
+def test_closest_subspace_basis_depends_on_the_subspace_only():
+    generator = torch.Generator().manual_seed(8)
+    basis = random_orthogonal(7, generator)[:, :3]
+    target = torch.randn(7, 3, generator=generator, dtype=torch.float64)
+    chosen = matrix.closest_subspace_basis(basis, target)
+    for _ in range(3):
+        spun = basis @ random_orthogonal(3, generator)
+        torch.testing.assert_close(
+            matrix.closest_subspace_basis(spun, target), chosen, atol=1e-13, rtol=0
+        )
+
+
+def test_rank_deficient_overlap_is_completed_canonically():
+    """diag(0, 2, 2, 0, 1): the 2-fold eigenspace span(e1, e2) sits in slots 0 and 1, whose
+    identity columns e0, e1 overlap it in one direction only; the other is completed by the
+    canonical rule, and no basis handed in changes the answer."""
+    eye = torch.eye(5, dtype=torch.float64)
+    q = matrix.stable_eigenbasis(torch.diag(torch.tensor([0.0, 2.0, 2.0, 0.0, 1.0]).double()))
+    # Slot 1's reference e1 lies in the space: kept; slot 0 takes the rest, e2. The eigenvalue
+    # 1 (slot 2, reference e2 orthogonal to it) is +e4; the null space span(e0, e3) in slots
+    # 3, 4 (references e3, e4): e3 kept in slot 3, e0 completes slot 4.
+    torch.testing.assert_close(q, eye[:, [2, 1, 4, 3, 0]], atol=0, rtol=0)
+    generator = torch.Generator().manual_seed(9)
+    for _ in range(3):
+        spun = eye[:, [1, 2]] @ random_orthogonal(2, generator)
+        chosen = matrix.closest_subspace_basis(spun, eye[:, :2])
+        torch.testing.assert_close(chosen, q[:, :2], atol=1e-15, rtol=0)
+
+
+def test_eigenvalue_clusters_are_runs_of_small_gaps():
+    values = torch.tensor(
+        [4.0, 2.0, 2.0 - 1e-15, 2.0 - 2e-15, 1.0, 0.0, 1e-16], dtype=torch.float64
+    )
+    assert matrix.eigenvalue_clusters(values, tolerance=1e-13) == [(0, 1), (1, 4), (4, 5), (5, 7)]
+    assert matrix.eigenvalue_clusters(values[:0], tolerance=1.0) == []
+
+
+def test_positive_qr_is_the_unique_qr():
+    generator = torch.Generator().manual_seed(10)
+    m = torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    q, r = matrix.positive_qr(m)
+    assert bool((r.diagonal() > 0).all())
+    torch.testing.assert_close(q @ r, m)
+    # The unique QR with a positive diagonal is Cholesky's: MᵀM = RᵀR.
+    torch.testing.assert_close(r, torch.linalg.cholesky(m.T @ m).T)
+
+
+@pytest.mark.parametrize("previous_from", ["nearby", "itself"])
+def test_power_qr_basis_on_rank_deficient_statistics_ignores_ulp_perturbations(previous_from):
+    """From a nearby matrix's eigenbasis, or from the statistic's own (whose null columns the
+    power step maps to round-off, and whose estimated eigenvalues there are round-off too)."""
+    generator = torch.Generator().manual_seed(11)
+    a, _ = _degenerate_matrix(generator)
+    nearby = a + 0.05 * torch.diag(torch.rand(9, generator=generator, dtype=torch.float64))
+    previous = matrix.stable_eigenbasis(nearby if previous_from == "nearby" else a)
+    fresh, order = matrix.power_qr_basis(a, previous)
+    torch.testing.assert_close(fresh.T @ fresh, torch.eye(9, dtype=torch.float64))
+    for _ in range(3):
+        other, other_order = matrix.power_qr_basis(_perturbed(a, generator), previous)
+        assert torch.equal(order, other_order)
+        assert float((other - fresh).abs().max()) < 1e-12
+    # The null space (the power step maps it to round-off) stays closest to where it was.
+    null = slice(5, 9)
+    sorted_previous = previous[:, order]
+    expected = matrix.closest_subspace_basis(fresh[:, null], sorted_previous[:, null])
+    torch.testing.assert_close(fresh[:, null], expected, atol=1e-13, rtol=0)
+    # A plain QR of the power step decides those columns by round-off.
+    plain = [torch.linalg.qr((m @ previous)[:, order])[0] for m in (a, _perturbed(a, generator))]
+    assert float((plain[0][:, null].abs() - plain[1][:, null].abs()).abs().max()) > 1e-3

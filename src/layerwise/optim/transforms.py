@@ -173,31 +173,21 @@ class InverseRoot(Transform):
 class BasisRefresh(enum.StrEnum):
     r"""How :class:`EigenbasisAdam` recomputes its eigenbasis :math:`Q` of a statistic S.
 
-    ``eigh``: the exact eigenvectors. ``power_qr``: one step of subspace (power) iteration from
-    the previous basis, :math:`Q \leftarrow \operatorname{qr}(S Q)`, its columns first sorted
-    by the estimated eigenvalues :math:`\operatorname{diag}(Q^\top S Q)` (and Adam's second
-    moment permuted with them) — the refresh of Vyas et al.'s SOAP implementation: one product
-    and a QR instead of an ``eigh``, tracking a slowly moving statistic; repeated on a fixed S
-    it converges to the eigenbasis. The first refresh of a state always uses ``eigh``.
+    ``eigh``: the exact eigenvectors (:func:`~layerwise.optim.matrix.stable_eigenbasis`: inside a
+    degenerate eigenspace, the basis closest to the previous one). ``power_qr``: one step of
+    subspace (power) iteration from the previous basis, :math:`Q \leftarrow \operatorname{qr}(S
+    Q)`, its columns first sorted by the estimated eigenvalues :math:`\operatorname{diag}(Q^\top
+    S Q)` (and Adam's second moment permuted with them) — the refresh of Vyas et al.'s SOAP
+    implementation: one product and a QR instead of an ``eigh``, tracking a slowly moving
+    statistic; repeated on a fixed S it converges to the eigenbasis. Here R's diagonal is kept
+    positive and the columns the power step leaves at round-off level stay closest to their
+    previous selves (:func:`~layerwise.optim.matrix.power_qr_basis`). Either way the basis is a
+    function of the statistics and the previous basis that round-off cannot decide. The first
+    refresh of a state always uses ``eigh``.
     """
 
     EIGH = "eigh"
     POWER_QR = "power_qr"
-
-
-def _power_qr_step(statistic: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
-    """One :data:`BasisRefresh.POWER_QR` step: the new basis and the order (descending
-    estimated eigenvalue) in which the previous basis' columns were taken."""
-    power = statistic @ basis
-    estimated = (basis * power).sum(dim=0)  # diag(Qᵀ S Q)
-    order = torch.argsort(estimated, descending=True)
-    try:
-        fresh, _ = torch.linalg.qr(power[:, order])
-    except torch.linalg.LinAlgError as error:
-        raise DecompositionError(f"QR of the power step failed: {error}") from error
-    if not matrix.all_finite([fresh]):
-        raise DecompositionError("power iteration produced non-finite values")
-    return fresh, order
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,11 +263,13 @@ class EigenbasisAdam(Transform):
             statistic = state.get(key)
             if statistic is None or statistic.ndim != 2:
                 continue
+            # The previous basis (the identity before the first refresh) decides the basis
+            # inside degenerate eigenspaces, which round-off would decide otherwise.
             if power_step:
-                fresh[out], orders[side] = _power_qr_step(statistic, state[out])
+                fresh[out], orders[side] = matrix.power_qr_basis(statistic, state[out])
             else:
-                fresh[out] = matrix.symmetric_eigenbasis(
-                    statistic, retry_float64=self.retry_float64
+                fresh[out] = matrix.stable_eigenbasis(
+                    statistic, state[out], retry_float64=self.retry_float64
                 )
         for out, value in fresh.items():
             state[out].copy_(value)
