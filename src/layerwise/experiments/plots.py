@@ -50,6 +50,11 @@ METHOD_COLORS: dict[str, str] = {
     "shampoo": "#6a3d9a",
     "soap": "#a6761d",
     "muon": "#e7298a",
+    # single-index-layerwise: shampoo's damping from near-polar (light) to near-sgd (dark).
+    "shampoo_1e-4": "#cab2d6",
+    "shampoo_1e-2": "#8e6bbf",
+    "shampoo_1": "#3f007d",
+    "muon_ns": "#f7a1c4",
     "ekfac": "#ff7f0e",
     "pytorch_optimizer_shampoo": "#b39ddb",
     "heavyball_soap": "#d9b77a",

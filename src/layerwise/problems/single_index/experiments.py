@@ -6,6 +6,10 @@
   rf, sgd, kfac, adam, batchnorm, oracle; decides C12, C13.
 - ``single-index-damping``: kfac alignment and risk against the damping λG at n/d <= 1 and
   large κ, with the damped deterministic equivalent; decides C11-damped.
+- ``single-index-layerwise``: one exact shampoo and muon step against sgd and kfac
+  (:mod:`.shampoo_muon`); decides C15.
+- ``single-index-many-steps`` (problem ``single_index_many_steps``): T small steps of sgd,
+  kfac, adam and the library's shampoo, soap, muon (:mod:`.many_steps`); decides C17.
 
 All methods of a config run together (``split_methods=False``) so that they share the
 instance, initialization and batches of each seed; seeds are vectorized in groups of
@@ -21,7 +25,7 @@ from layerwise.experiments.registry import (
     register_problem,
 )
 
-from . import claims, figures
+from . import claims, figures, many_steps, many_steps_claims, shampoo_muon
 from .run import run_task
 from .settings import METHOD_MODELS, SingleIndexSettings, check_method
 
@@ -93,6 +97,46 @@ DAMPING = register_experiment(
             "a horizontal line: look for the damping where kfac beats sgd and for the theory "
             "matching the points.",
         },
+        seeds_per_run=SEEDS_PER_RUN,
+        split_methods=False,
+    )
+)
+
+LAYERWISE_STEP = register_experiment(
+    Experiment(
+        name="single-index-layerwise",
+        problem="single_index",
+        description="One exact shampoo and muon step against sgd and kfac: β⋆ or Σβ⋆? (C15)",
+        run=run_task,
+        claims=(shampoo_muon.C15,),
+        figures={
+            "row_alignment": shampoo_muon.row_alignment_figure,
+            "sigma_beta": shampoo_muon.sigma_beta_figure,
+        },
+        captions=shampoo_muon.CAPTIONS,
+        seeds_per_run=SEEDS_PER_RUN,
+        split_methods=False,
+    )
+)
+
+MANY_STEPS_PROBLEM = register_problem(
+    Problem(
+        name="single_index_many_steps",
+        settings_model=many_steps.ManyStepsSettings,
+        method_models=many_steps.METHOD_MODELS,
+        check_method=many_steps.check_method,
+    )
+)
+
+MANY_STEPS = register_experiment(
+    Experiment(
+        name="single-index-many-steps",
+        problem="single_index_many_steps",
+        description="T small first-layer steps per method: does the one-step picture hold? (C17)",
+        run=many_steps.run_task,
+        claims=(many_steps_claims.C17,),
+        figures={"over_steps": many_steps_claims.over_steps_figure},
+        captions=many_steps_claims.CAPTIONS,
         seeds_per_run=SEEDS_PER_RUN,
         split_methods=False,
     )

@@ -1,0 +1,109 @@
+"""The many-step run (claim C17): reproducible, paired across methods, norm-matched, and its
+first step equal to the one-step methods' directions."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from layerwise.experiments.registry import MethodSpec
+from layerwise.problems.single_index import many_steps, onestep
+from layerwise.problems.single_index.data import make_instance
+
+SETTINGS = many_steps.ManyStepsSettings(
+    d=10, n_over_d=3, kappa=20, steps=6, record_every=3, n_test=64
+)
+METHODS = {
+    "sgd": MethodSpec(name="sgd", params=many_steps.ManySgdParams()),
+    "kfac": MethodSpec(name="kfac", params=many_steps.ManyKfacParams(damping=1e-3)),
+    "adam": MethodSpec(name="adam", params=many_steps.OptimizerParams()),
+    "shampoo": MethodSpec(
+        name="shampoo", params=many_steps.OptimizerParams(options={"exact": True})
+    ),
+    "soap": MethodSpec(name="soap", params=many_steps.OptimizerParams()),
+    "muon": MethodSpec(name="muon", params=many_steps.OptimizerParams()),
+}
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return many_steps.run_seeds(SETTINGS, METHODS, SEEDS)
+
+
+def test_rows_and_recorded_steps(table):
+    assert SETTINGS.recorded_steps == (1, 3, 6)
+    assert len(table) == len(METHODS) * len(SEEDS) * 3
+    assert table[["spike_align_beta", "row_align_beta", "test_loss"]].notna().all().all()
+
+
+def test_reproducible_for_a_seed_and_paired_across_methods(table):
+    again = many_steps.run_seeds(SETTINGS, METHODS, SEEDS)
+    pd.testing.assert_frame_equal(table, again)
+    alone = many_steps.run_seeds(SETTINGS, {"kfac": METHODS["kfac"]}, (1,))
+    together = table[(table["method"] == "kfac") & (table["seed"] == 1)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(together, alone, check_exact=False, rtol=1e-10)
+    # Every method saw the same first batch at the same W0: the same loss before step 1.
+    first = table[table["step"] == 1].groupby("seed")["batch_loss"]
+    assert (first.max() - first.min()).max() < 1e-14
+
+
+def test_first_updates_are_norm_matched_to_sgd(table):
+    first = table[table["step"] == 1].pivot(index="seed", columns="method", values="update_norm")
+    for method in METHODS:
+        torch.testing.assert_close(
+            torch.tensor(first[method].values), torch.tensor(first["sgd"].values), rtol=1e-9, atol=0
+        )
+
+
+def test_first_step_has_the_one_step_directions():
+    instance = make_instance(SETTINGS, SEEDS)
+    x, y = many_steps._batches(SETTINGS, instance)
+    for name, one_step in (
+        ("sgd", lambda w, a, xb, yb: onestep.sgd_step(w, a, xb, yb, lr=1.0, activation="tanh")),
+        (
+            "kfac",
+            lambda w, a, xb, yb: onestep.kfac_step(
+                w, a, xb, yb, lr=1.0, damping=1e-3, activation="tanh"
+            ),
+        ),
+    ):
+        for s in range(len(SEEDS)):
+            weights, _ = many_steps.train(
+                METHODS[name], SETTINGS, instance.w0[s], instance.a[s], x[s], y[s]
+            )
+            moved = weights[1] - instance.w0[s]
+            expected = one_step(instance.w0[s : s + 1], instance.a[s : s + 1], x[s, :1], y[s, :1])
+            cosine = (moved * expected[0]).sum() / (moved.norm() * expected[0].norm())
+            assert float(cosine) == pytest.approx(1.0, abs=1e-10)
+            # ... and the step is lr/T of the one-step update (sgd) or norm-matched to it (kfac).
+            sgd = onestep.sgd_step(
+                instance.w0[s : s + 1],
+                instance.a[s : s + 1],
+                x[s, :1],
+                y[s, :1],
+                lr=1.0 / SETTINGS.steps,
+                activation="tanh",
+            )
+            assert float(moved.norm()) == pytest.approx(float(sgd.norm()), rel=1e-9)
+
+
+def test_same_batch_policy_reuses_the_first_batch():
+    settings = many_steps.ManyStepsSettings(**{**SETTINGS.model_dump(), "batches": "same"})
+    x, y = many_steps._batches(settings, make_instance(settings, SEEDS))
+    assert x.shape[1] == settings.steps and torch.equal(x[:, 0], x[:, -1])
+    assert torch.equal(y[:, 0], y[:, -1])
+
+
+def test_settings_refuse_bad_values():
+    with pytest.raises(ValueError, match="record_every=7 must be <= steps=6"):
+        many_steps.ManyStepsSettings(steps=6, record_every=7)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        many_steps.ManyStepsSettings(steps=0, record_every=1)
+    with pytest.raises(ValueError, match="kfac: damping must be > 0"):
+        many_steps.check_method(
+            many_steps.ManyStepsSettings(d=10, n_over_d=1),
+            "kfac",
+            many_steps.ManyKfacParams(damping=0),
+        )
