@@ -8,8 +8,11 @@ sharded on dim 0) on its half of every batch. Every ``--save-every`` steps model
 go to ``DIR/step-<n>`` with ``torch.distributed.checkpoint`` (DCP); a job started again
 with the same ``DIR`` resumes from the latest one and continues bit for bit as if it had never
 stopped. ``--fail-at STEP`` makes the first attempt crash after that many steps, to watch the
-resume. (torchrun's ``--max-restarts`` restarts the workers in the same job; on CPU with gloo
-that restart hung or failed to connect in 3 of 8 tries here, so start the job again instead.)
+resume, by hand (start the job again) or by torchrun (``--max-restarts 1``: it restarts the
+workers in the same job). The process group is initialized under a key prefix of its own per
+attempt (:func:`init_group`): torchrun's workers share the agent's store across restarts, and
+gloo's ranks could otherwise read the addresses the previous attempt's ranks left there (seen as
+"Connection refused" or a hang in 3 of 8 restarts here).
 
 The batches depend only on the step index, so a resumed run sees the same data.
 """
@@ -79,6 +82,25 @@ def load(model: nn.Module, optimizer: torch.optim.Optimizer, root: Path, kind: s
     return step
 
 
+def init_group() -> None:
+    """``init_process_group("gloo")`` from torchrun's environment, its rendezvous keys under a
+    prefix of this attempt (``TORCHELASTIC_RESTART_COUNT``), so that a restarted job never reads
+    the keys of the attempt before (module docstring)."""
+    timeout = timedelta(seconds=60)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent_store and rank == 0,
+        timeout=timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefixed = dist.PrefixStore(f"fsdp_checkpoint/attempt_{attempt}", store)
+    dist.init_process_group("gloo", store=prefixed, rank=rank, world_size=world, timeout=timeout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -90,7 +112,7 @@ def main() -> None:
     parser.add_argument("--fail-at", type=int, default=None)
     args = parser.parse_args()
 
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    init_group()
     rank, world = dist.get_rank(), dist.get_world_size()
     model, optimizer = build(args.optimizer)
     args.checkpoint.mkdir(parents=True, exist_ok=True)
