@@ -131,8 +131,8 @@ C17 = Claim(
 
 
 def over_steps_figure(table: pd.DataFrame) -> Figure:
-    """Spike alignment of W_t − W0 with β⋆ (top) and Σβ⋆ (bottom) against the step, one
-    column per κ, every method."""
+    """Spike alignment of W_t − W0 with β⋆ (the first panels, one per κ) and with Σβ⋆ (the
+    last panels) against the step, every method."""
     kappas = sorted(table["kappa"].unique())
     fig, axes = new_figure(2 * len(kappas))
     for index, kappa in enumerate(kappas):
