@@ -112,6 +112,7 @@ LAYERWISE_STEP = register_experiment(
         figures={
             "row_alignment": shampoo_muon.row_alignment_figure,
             "sigma_beta": shampoo_muon.sigma_beta_figure,
+            "spike": shampoo_muon.spike_figure,
         },
         captions=shampoo_muon.CAPTIONS,
         seeds_per_run=SEEDS_PER_RUN,

@@ -321,5 +321,13 @@ def run_seeds(
 
 
 def run_task(task: RunTask) -> pd.DataFrame:
-    """The registered run function: one grid point, its methods and seeds (CPU)."""
-    return run_seeds(task.settings, dict(task.methods), tuple(task.seeds))
+    """The registered run function: one grid point, its methods and seeds (CPU).
+
+    One intra-op thread: the matrices are small (d ≤ a few hundred), and several threads per
+    process on a shared machine made the steps tens of times slower (measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_seeds(task.settings, dict(task.methods), tuple(task.seeds))
+    finally:
+        torch.set_num_threads(previous)
