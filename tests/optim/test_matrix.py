@@ -262,6 +262,23 @@ def test_closest_subspace_basis_depends_on_the_subspace_only():
         )
 
 
+def test_large_subspaces_through_their_complement_equal_the_direct_procrustes():
+    """The O(n k r) form for a k-dimensional subspace with an r < k dimensional complement
+    (the null space of a rank-r statistic) against the k x k SVD."""
+    generator = torch.Generator().manual_seed(12)
+    q = random_orthogonal(10, generator)
+    target = random_orthogonal(10, generator)[:, 3:]
+    direct = matrix.closest_subspace_basis(q[:, 3:], target)
+    through = matrix.closest_subspace_basis(q[:, 3:], target, complement=q[:, :3])
+    torch.testing.assert_close(through, direct, atol=1e-13, rtol=0)
+    # And inside stable_eigenbasis: a rank-2 matrix's 8-dimensional null space.
+    a = (q[:, :2] * torch.tensor([3.0, 1.0], dtype=torch.float64)) @ q[:, :2].T
+    reference = random_orthogonal(10, generator)
+    basis = matrix.stable_eigenbasis(a, reference)
+    expected = matrix.closest_subspace_basis(basis[:, 2:], reference[:, 2:])
+    torch.testing.assert_close(basis[:, 2:], expected, atol=1e-13, rtol=0)
+
+
 def test_rank_deficient_overlap_is_completed_canonically():
     """diag(0, 2, 2, 0, 1): the 2-fold eigenspace span(e1, e2) sits in slots 0 and 1, whose
     identity columns e0, e1 overlap it in one direction only; the other is completed by the

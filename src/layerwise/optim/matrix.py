@@ -245,8 +245,42 @@ def _gram_schmidt_in_order(columns: Tensor) -> Tensor:
     raise DecompositionError(f"canonical basis: found {kept.shape[-1]} of {d} directions")
 
 
+def _closest_by_complement(complement: Tensor, target: Tensor) -> Tensor | None:
+    r""":math:`\operatorname{polar}(P_S T)` for orthonormal T ``(n, k)`` from an orthonormal
+    basis C ``(n, r)`` of :math:`S^\perp`: with :math:`B = C^\top T`, :math:`X = P_S T = T - C B`
+    and :math:`X^\top X = I - B^\top B`, and :math:`B B^\top = U \Lambda U^\top` (r x r),
+
+    .. math::  \operatorname{polar}(X) = X (I - B^\top B)^{-1/2}
+               = X + X B^\top U f(\Lambda) U^\top B, \qquad
+               f(\lambda) = \frac{(1 - \lambda)^{-1/2} - 1}{\lambda}
+
+    (:math:`f(0) = 1/2`; a power series in :math:`B^\top B`, so it is smooth in B and needs no
+    SVD): an r x r ``eigh`` and products of O(n k r). ``None`` (use the k x k SVD) when
+    :math:`1 - \lambda_{\max}`, the overlap's smallest squared singular value, is within
+    :math:`\sqrt{\epsilon}` of zero, where forming it loses the digits the rank decision needs."""
+    overlap = complement.mT @ target
+    try:
+        eigenvalues, eigenvectors = torch.linalg.eigh(overlap @ overlap.mT)
+    except torch.linalg.LinAlgError:
+        return None
+    eigenvalues = eigenvalues.clamp(min=0.0)
+    if float(1.0 - eigenvalues.max()) <= torch.finfo(target.dtype).eps ** 0.5:
+        return None
+    # f(λ) = expm1(-log1p(-λ) / 2) / λ, accurate for small λ; f(0) = 1/2.
+    small = eigenvalues < torch.finfo(target.dtype).eps
+    safe = torch.where(small, 1.0, eigenvalues)
+    weights = torch.where(small, 0.5, torch.expm1(-0.5 * torch.log1p(-safe)) / safe)
+    projected = target - complement @ overlap
+    correction = ((projected @ overlap.mT) @ eigenvectors) * weights
+    return projected + (correction @ eigenvectors.mT) @ overlap
+
+
 def closest_subspace_basis(
-    basis: Tensor, target: Tensor, *, candidates: Tensor | None = None
+    basis: Tensor,
+    target: Tensor,
+    *,
+    candidates: Tensor | None = None,
+    complement: Tensor | None = None,
 ) -> Tensor:
     r"""The orthonormal basis of :math:`S = \operatorname{range}(Q)` closest to ``target``.
 
@@ -270,8 +304,17 @@ def closest_subspace_basis(
     vectors onto :math:`\operatorname{span}(V_0)` gives :math:`v_1, v_2, \dots`; and
     :math:`W = U_r V_r^\top + \sum_i (Q^\top t_i) v_i^\top` (see
     :func:`_gram_schmidt_in_order`).
+
+    ``complement`` (optional, ``(n, r)``, orthonormal columns spanning :math:`S^\perp`; then
+    ``target`` must have orthonormal columns too): for a large subspace (r < k, the zero
+    eigenspace of a statistic of low rank r) the same polar factor costs O(n k r) instead of a
+    k x k SVD (:func:`_closest_by_complement`).
     """
     n, k = basis.shape
+    if complement is not None and complement.shape[-1] < k:
+        closest = _closest_by_complement(complement, target)
+        if closest is not None:
+            return closest
     overlap = basis.mT @ target
     try:
         u, singular_values, vh = torch.linalg.svd(overlap)
@@ -343,8 +386,15 @@ def stable_eigenbasis(
     for start, stop in eigenvalue_clusters(eigenvalues, tolerance=tolerance):
         if stop - start == 1 and start not in orthogonal:
             continue
+        size = stop - start
+        complement = None
+        if n - size < size:  # a large (null) cluster: the product with its complement is cheaper
+            complement = torch.cat([eigenvectors[:, :start], eigenvectors[:, stop:]], dim=-1)
         eigenvectors[:, start:stop] = closest_subspace_basis(
-            eigenvectors[:, start:stop], reference[:, start:stop], candidates=reference
+            eigenvectors[:, start:stop],
+            reference[:, start:stop],
+            candidates=reference,
+            complement=complement,
         )
     return eigenvectors
 
@@ -395,7 +445,10 @@ def power_qr_basis(
     if undetermined.numel():
         first = int(undetermined[0])
         fresh[:, first:] = closest_subspace_basis(
-            fresh[:, first:], sorted_previous[:, first:], candidates=sorted_previous
+            fresh[:, first:],
+            sorted_previous[:, first:],
+            candidates=sorted_previous,
+            complement=fresh[:, :first],
         )
     if not all_finite([fresh]):
         raise DecompositionError("power iteration produced non-finite values")
