@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from layerwise import optim
 from layerwise.experiments.registry import MethodSpec
+from layerwise.optim.matrix import polar_svd
 from layerwise.problems.single_index import many_steps, onestep
 from layerwise.problems.single_index.data import make_instance
 
@@ -107,3 +109,23 @@ def test_settings_refuse_bad_values():
             "kfac",
             many_steps.ManyKfacParams(damping=0),
         )
+
+
+def test_soap_first_step_is_the_polar_factor_of_the_gradient():
+    # From zero state in the exact eigenbases of GGᵀ and GᵀG, SOAP's Adam sees diag(S) and
+    # takes its sign: U Vᵀ, the muon step (docs/beyond_the_paper.md, C15 and C17).
+    instance = make_instance(SETTINGS, (0,))
+    x, y = many_steps._batches(SETTINGS, instance)
+    model = onestep.TwoLayerNetwork(instance.w0[0], instance.a[0], "tanh")
+    optimizer = optim.SOAP(model.parameters(), lr=1.0)
+    many_steps.batch_loss(model, x[0, 0], y[0, 0]).backward()
+    gradient = model.first.weight.grad.clone()
+    optimizer.step()
+    moved = model.first.weight.detach() - instance.w0[0]
+    polar = -polar_svd(gradient)
+
+    def cosine(u, v):
+        return float((u * v).sum() / (u.norm() * v.norm()))
+
+    assert cosine(moved, polar) > 0.9999
+    assert cosine(-gradient, polar) < 0.95  # the gradient itself is far from its polar factor
