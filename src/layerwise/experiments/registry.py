@@ -31,6 +31,7 @@ from pydantic import BaseModel
 EXPERIMENT_MODULES: tuple[str, ...] = (
     "layerwise.problems.mlp.experiments",
     "layerwise.problems.linrep.experiments",
+    "layerwise.problems.deep_linrep.experiments",
     "layerwise.problems.single_index.experiments",
     "layerwise.problems.training.experiments",
 )

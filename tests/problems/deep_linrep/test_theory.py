@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from layerwise.problems.deep_linrep import theory
-from layerwise.problems.deep_linrep.methods import deep_linear_model, gradients
+from layerwise.problems.deep_linrep.methods import (
+    deep_linear_model,
+    gradients,
+    kronecker_factors,
+)
 from layerwise.problems.deep_linrep.run import build_method
 from layerwise.problems.deep_linrep.settings import DeepKfacParams, DeepLinrepSettings
 from layerwise.problems.linrep.data import Batch, BatchStream, make_instance
@@ -45,13 +49,17 @@ def test_first_layer_off_target_part_contracts_by_one_minus_lr_exactly(depth, lr
     complement = torch.eye(s.d, dtype=DT) - instance.features.mT @ instance.features
     for _ in range(4):  # from the start and from later (non-optimal) points alike
         layer = method.layers[0]
-        method.step(stream.next())
-        # Relative to the size of the step (a wrong step is off by O(step); rounding in the
-        # κ(Σx) = 1000 solves is about 1e-13 of it).
+        batch = stream.next()
+        (output_factor, input_factor), *_ = kronecker_factors(method.layers, method.head, batch)[0]
+        method.step(batch)
+        # Relative to the size of the step: a wrong step is off by O(step), rounding by about
+        # the unit roundoff times the condition numbers of the two factors solved with.
         error = method.layers[0] @ complement - (1 - lr) * layer @ complement
         step = method.layers[0] - layer
         ratio = torch.linalg.matrix_norm(error) / torch.linalg.matrix_norm(step)
-        assert float(ratio.max()) < 1e-9, ratio
+        conditioning = torch.linalg.cond(output_factor) * torch.linalg.cond(input_factor)
+        assert (ratio < 1e-14 * conditioning).all(), (ratio, conditioning)
+        assert float(ratio.min()) < 1e-9, ratio
 
 
 def _residual_norm(method, batch: Batch) -> np.ndarray:

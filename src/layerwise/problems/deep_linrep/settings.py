@@ -57,7 +57,7 @@ METHOD_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-def check_compatible(settings: BaseModel, algorithm: str, params: BaseModel) -> None:
+def check_method(settings: BaseModel, algorithm: str, params: BaseModel) -> None:
     """Refuse kfac and library_kfac (both undamped) at n <= d, where Σ̂x, the input factor of
     G_1, is singular."""
     if algorithm in ("kfac", "library_kfac") and settings.n <= settings.d:

@@ -1,0 +1,116 @@
+"""C16's decision on synthetic tables (each part can hold, fail and be undecided) and the
+registered experiment end to end on its quick config."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from layerwise.experiments import registry
+from layerwise.problems.deep_linrep.claims import decide_c16
+
+KAPPAS = (1.0, 10.0, 100.0, 1000.0)
+
+
+def _rows(method, algorithm, depth, lr, tuned, iterations_of_kappa, diverged=()):
+    rows = []
+    for kappa in KAPPAS:
+        for seed in range(3):
+            bad = (kappa, seed) in diverged
+            rows.append(
+                dict(
+                    seed=seed,
+                    method=method,
+                    algorithm=algorithm,
+                    depth=depth,
+                    lr=lr,
+                    lr_tuned=tuned,
+                    kappa_x=kappa,
+                    kappa_f=1.0,
+                    iterations_to_eps=1000 if bad else iterations_of_kappa(kappa) + seed,
+                    censored=bad,
+                    diverged=bad,
+                    eps=1e-3,
+                    budget=1000,
+                )
+            )
+    return rows
+
+
+def _table(sgd_power=1.0, kfac_power=0.0, depths=(2, 4)):
+    rows = []
+    for depth in depths:
+        rows += _rows("sgd", "sgd", depth, 0.5, True, lambda k: int(20 * k**sgd_power))
+        rows += _rows("kfac_eighth", "kfac", depth, 0.125, False, lambda k: int(52 * k**kfac_power))
+        # Outside the stable range at depth 4 (2/5) and diverging: reported, not deciding.
+        rows += _rows("kfac_half", "kfac", depth, 0.5, False, lambda k: 11, diverged={(1.0, 0)})
+        rows += _rows("kfac", "kfac", depth, 1.0, True, lambda k: 1)
+    return pd.DataFrame(rows)
+
+
+def test_c16_holds_when_kfac_is_flat_and_sgd_linear_at_every_depth():
+    verdict = decide_c16(_table())
+    assert verdict.holds is True, verdict.summary
+    assert set(verdict.evidence) == {f"C16-{m} L={d}" for m in ("kfac", "sgd") for d in (2, 4)}
+    depth4 = verdict.evidence["C16-kfac L=4"]
+    assert depth4["outside_stable_range"] == ["kfac_half (η=0.5 >= 0.4)"]
+    assert "kfac_half (η=0.5)" in verdict.evidence["C16-kfac L=2"]  # 0.5 < 2/3: decides there
+
+
+def test_c16_fails_when_sgd_does_not_slow_or_kfac_depends_on_kappa():
+    assert decide_c16(_table(sgd_power=0.5)).holds is False
+    verdict = decide_c16(_table(kfac_power=0.3))
+    assert verdict.holds is False
+    assert verdict.evidence["C16-kfac L=2"]["holds"] is False
+
+
+def test_c16_counts_divergence_as_the_budget_and_reports_it():
+    table = _table()
+    table = table[table["method"] != "kfac_half"]
+    diverging = _rows(
+        "kfac_eighth", "kfac", 2, 0.125, False, lambda k: 52, diverged={(1000.0, 0), (1000.0, 1)}
+    )
+    table = pd.concat(
+        [
+            table[~((table["method"] == "kfac_eighth") & (table["depth"] == 2))],
+            pd.DataFrame(diverging),
+        ]
+    )
+    verdict = decide_c16(table)
+    part = verdict.evidence["C16-kfac L=2"]["kfac_eighth (η=0.125)"]
+    assert part["diverged_seeds"]["1000"] == 2 and part["median_iterations"]["1000"] == 1000
+    assert verdict.evidence["C16-kfac L=2"]["holds"] is False
+
+
+def test_c16_undecided_parts_say_what_is_missing():
+    table = _table()
+    only_sgd = table[table["algorithm"] == "sgd"]
+    verdict = decide_c16(only_sgd)
+    assert verdict.holds is True
+    assert "no kfac or library_kfac rows" in verdict.evidence["undecided_parts"]["C16-kfac L=2"]
+    assert decide_c16(table.iloc[0:0]).holds is None
+
+
+@pytest.mark.slow
+def test_quick_experiment_runs_decides_and_draws():
+    from tests.problems.linrep.quick import run_quick
+
+    table, config = run_quick("deep-linrep-kappa")
+    assert set(table["method"]) == set(config.methods)
+    assert set(table["depth"]) == {2, 4}
+    verdict = config.experiment.claims[0].decide(table)
+    assert verdict.holds in (True, False), verdict.summary
+    assert not np.isnan(verdict.evidence["C16-kfac L=4"]["kfac_eighth (η=0.125)"]["slope"])
+    for figure in config.experiment.figures.values():
+        fig = figure(table)
+        assert len(fig.axes) == 2
+        plt.close(fig)
+
+
+def test_registered_with_its_claim_and_caption():
+    experiment = registry.experiment("deep-linrep-kappa")
+    assert experiment.problem == "deep_linrep"
+    assert [c.id for c in experiment.claims] == ["C16"]
+    assert experiment.claims[0].rule and set(experiment.captions) == set(experiment.figures)
