@@ -103,6 +103,12 @@ def test_settings_refuse_bad_values():
         many_steps.ManyStepsSettings(steps=6, record_every=7)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         many_steps.ManyStepsSettings(steps=0, record_every=1)
+    with pytest.raises(ValueError, match=r"shampoo: options \{'betas_typo': 1\} refused"):
+        many_steps.check_method(
+            SETTINGS, "shampoo", many_steps.OptimizerParams(options={"betas_typo": 1})
+        )
+    with pytest.raises(ValueError, match="adam: options"):
+        many_steps.check_method(SETTINGS, "adam", many_steps.OptimizerParams(options={"lr": -1}))
     with pytest.raises(ValueError, match="kfac: damping must be > 0"):
         many_steps.check_method(
             many_steps.ManyStepsSettings(d=10, n_over_d=1),

@@ -45,7 +45,7 @@ from layerwise import optim
 from layerwise.experiments.registry import MethodSpec, RunTask
 
 from . import metrics
-from .data import make_instance, sample
+from .data import Instance, make_instance, sample
 from .onestep import TwoLayerNetwork, empirical_covariance, one_step_loss
 from .settings import SingleIndexSettings
 
@@ -60,7 +60,11 @@ class BatchPolicy(StrEnum):
 
 
 class ManyStepsSettings(SingleIndexSettings):
-    """The one-step problem's settings plus the number of steps and what is recorded."""
+    """The one-step problem's settings plus the number of steps and what is recorded.
+
+    The readout fields (``readout_over_d``, ``n_validation``, ``ridge_grid``) are inherited and
+    unused: the run reports alignments and losses, no readout; ``n_test`` sizes the test batch.
+    """
 
     readout: bool = Field(False, description="unused: the many-step run has no readout")
     steps: int = Field(100, description="T, the number of small steps")
@@ -134,12 +138,22 @@ METHOD_MODELS: dict[str, type[BaseModel]] = {
 
 
 def check_method(settings: ManyStepsSettings, algorithm: str, params: BaseModel) -> None:
-    """Undamped kfac needs n > d + 1 on every batch (Σ̂x,t singular otherwise)."""
+    """Refuse what cannot run, before anything runs: undamped kfac with n <= d + 1 (each
+    batch's Σ̂x is singular), and optimizer ``options`` the optimizer's constructor refuses
+    (tried on a 2 × 2 network), naming the options."""
     if algorithm == "kfac" and params.damping == 0 and settings.n <= settings.d + 1:
         raise ValueError(
             f"kfac: damping must be > 0 when n <= d + 1 (each batch's Σ̂x is singular); got "
             f"damping=0, n={settings.n}, d={settings.d}"
         )
+    if isinstance(params, OptimizerParams):
+        probe = TwoLayerNetwork(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2), "tanh")
+        try:
+            _library_optimizer(algorithm, probe, 1.0, dict(params.options))
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{algorithm}: options {dict(params.options)} refused: {error}"
+            ) from None
 
 
 def batch_loss(model: TwoLayerNetwork, x: Tensor, y: Tensor) -> Tensor:
@@ -220,7 +234,7 @@ def matched_learning_rate(
     return target_norm / moved
 
 
-def _batches(settings: ManyStepsSettings, instance) -> tuple[Tensor, Tensor]:
+def _batches(settings: ManyStepsSettings, instance: Instance) -> tuple[Tensor, Tensor]:
     """x (S, T, n, d) and y (S, T, n): the step batches of every seed."""
     n, steps = settings.n, settings.steps
     draws = n * steps if settings.batches == BatchPolicy.FRESH else n
