@@ -64,15 +64,21 @@ def test_nested_evidence_becomes_rows_with_paths():
         "threshold": "|slope| <= 0.1",
         "missing": ["a", "b"],
         "big": {str(i): i for i in range(9)},  # too many for one row: one row per key
+        # Groups of small mappings (no scalar of its own): one row per group.
+        "pairs": {"a vs b": {"ours": 1.0, "holds": True}, "c vs d": {"ours": 2.5}},
         "traceback": "Traceback (most recent call last): ...",
     }
     rows = evidence_rows(evidence)
-    assert rows[:5] == [
+    assert rows[:4] == [
         EvidenceRow("C2-κx › holds", "yes"),
-        EvidenceRow("C2-κx › sgd vs kappa_x › slope", "0.962"),
-        EvidenceRow("C2-κx › sgd vs kappa_x › points", "10: 383, 100: 3509"),
+        # A record: named scalars and small mappings on one row.
+        EvidenceRow("C2-κx › sgd vs kappa_x", "slope 0.962 · points (10: 383, 100: 3509)"),
         EvidenceRow("threshold", "|slope| <= 0.1"),
         EvidenceRow("missing", "a, b"),
     ]
-    assert rows[5:] == [EvidenceRow(f"big › {i}", str(i)) for i in range(9)]
+    assert rows[4:13] == [EvidenceRow(f"big › {i}", str(i)) for i in range(9)]
+    assert rows[13:] == [
+        EvidenceRow("pairs › a vs b", "ours: 1, holds: yes"),
+        EvidenceRow("pairs › c vs d", "ours: 2.5"),
+    ]
     assert not any("{" in row.value or "traceback" in row.quantity for row in rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 
 import pandas as pd
@@ -64,6 +65,14 @@ def test_report_md_has_the_header_claims_table_run_time_and_figures(reported):
     assert f"| Seeds | {len(config.seeds)} seeds per experiment |" in text
     assert "**3 claims: holds: 1, does not hold: 1, undecided: 1**" in text
     assert "**How verdicts are decided.**" in text
+    # Machine and code from the stored invocation record.
+    record = json.loads((out / "toy" / "config.json").read_text())
+    machine = record["machine"]
+    assert f"architecture {machine['architecture']}, cpus {os.cpu_count()}" in text
+    assert f"torch {record['versions']['torch']}" in text
+    commit = record["git_commit"]
+    assert f"| Code | layerwise {record['versions']['layerwise']}, commit {commit}" in text
+    assert ("+dirty: the source tree had uncommitted changes" in text) == commit.endswith("+dirty")
     rows = re.findall(r"^\| \[(T\d)\]\(#([\w-]+)\) \| (.*?) \| .*? \| \*\*(.*?)\*\* \|", text, re.M)
     assert [(i, verdict) for i, _, _, verdict in rows] == [
         ("T1", "holds"),
@@ -248,3 +257,20 @@ def test_every_registered_claim_states_its_rule_and_every_figure_its_caption():
         if not experiment.captions.get(figure, "").strip()
     ]
     assert not no_caption, f"figures without a caption (Experiment.captions): {no_caption}"
+
+
+def test_several_commits_are_counted_in_the_header_and_dirty_is_explained():
+    from layerwise.experiments.report_view import _code_lines
+
+    def record(commit):
+        return {"versions": {"layerwise": "0.1.0"}, "git_commit": commit}
+
+    one = "a" * 40
+    assert _code_lines([record(one), record(one)]) == [f"layerwise 0.1.0, commit {one}"]
+    lines = _code_lines([record(one), record("b" * 40 + "+dirty"), record(one)])
+    assert lines[0] == (
+        "layerwise 0.1.0; 2 commits: aaaaaaaaaaaa (2 experiments), bbbbbbbbbbbb+dirty "
+        "(1 experiment)"
+    )
+    assert lines[2].startswith("+dirty: the source tree had uncommitted changes")
+    assert _code_lines([{}]) == ["layerwise unknown version"]

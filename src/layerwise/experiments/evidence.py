@@ -2,9 +2,11 @@
 
 A verdict's ``evidence`` is JSON-like data made for machines (``claims.json``). The report shows
 it to a reader as rows ``(quantity, value)``: nested mappings become rows whose quantity is the
-path of keys (``"C2-κx › sgd vs kappa_x › slope"``); a small mapping of scalars is one row
-(``"1: 51, 10: 54, 100: 56"``); numbers get :data:`SIGNIFICANT_DIGITS` significant digits,
-never a negative zero; booleans read yes/no; long lists are cut to :data:`LIST_ITEMS` items.
+path of keys (``"C2-κx › sgd vs kappa_x"``); a small mapping of scalars is one row
+(``"1: 51, 10: 54, 100: 56"``), and so is a *record*, a few named scalars or small mappings
+(``"slope 0.962 · points (10: 383, 100: 3509)"``); numbers get :data:`SIGNIFICANT_DIGITS`
+significant digits, never a negative zero; booleans read yes/no; long lists are cut to
+:data:`LIST_ITEMS` items.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 SIGNIFICANT_DIGITS = 4
 #: A mapping of at most this many scalars is shown on one row.
 INLINE_ITEMS = 8
+#: A record (named scalars or small mappings of scalars) of at most this many items is one row.
+RECORD_ITEMS = 6
 #: A list shows at most this many items, then how many more there are.
 LIST_ITEMS = 8
 PATH_SEPARATOR = " › "
@@ -78,6 +82,35 @@ def _is_scalar(value: Any) -> bool:
     return not isinstance(value, Mapping | list | tuple)
 
 
+def _is_small_mapping(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) <= INLINE_ITEMS
+        and all(_is_scalar(item) for item in value.values())
+    )
+
+
+def _is_record(value: Mapping[str, Any]) -> bool:
+    """A few named scalars, perhaps with small mappings; a mapping of mappings only is a
+    grouping (one row per group), not a record."""
+    items = list(value.values())
+    return (
+        len(items) <= RECORD_ITEMS
+        and any(_is_scalar(item) for item in items)
+        and all(_is_scalar(item) or _is_small_mapping(item) for item in items)
+    )
+
+
+def record_text(record: Mapping[str, Any]) -> str:
+    """``slope 0.962 · points (10: 383, 100: 3509)``."""
+    return " · ".join(
+        f"{key} ({inline_mapping(item)})"
+        if isinstance(item, Mapping)
+        else f"{key} {format_value(item)}"
+        for key, item in record.items()
+    )
+
+
 def inline_mapping(mapping: Mapping[str, Any]) -> str:
     if not mapping:
         return "none"
@@ -101,12 +134,12 @@ def evidence_rows(evidence: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> 
         if key in HIDDEN_KEYS:
             continue
         path = (*prefix, str(key))
-        if isinstance(value, Mapping):
-            small = len(value) <= INLINE_ITEMS and all(_is_scalar(v) for v in value.values())
-            if small:
-                rows.append(EvidenceRow(PATH_SEPARATOR.join(path), inline_mapping(value)))
-            else:
-                rows.extend(evidence_rows(value, path))
+        if _is_small_mapping(value):
+            rows.append(EvidenceRow(PATH_SEPARATOR.join(path), inline_mapping(value)))
+        elif isinstance(value, Mapping) and _is_record(value):
+            rows.append(EvidenceRow(PATH_SEPARATOR.join(path), record_text(value)))
+        elif isinstance(value, Mapping):
+            rows.extend(evidence_rows(value, path))
         else:
             rows.append(EvidenceRow(PATH_SEPARATOR.join(path), format_value(value)))
     return rows

@@ -509,17 +509,41 @@ def _machine(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+#: Hex digits of a commit shown in the header when several commits ran the experiments.
+SHORT_COMMIT = 12
+
+
 def _code_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    codes = _distinct([_code(record) for record in records])
-    lines = codes or ["code version not recorded"]
-    if any("+dirty" in code for code in codes):
+    codes = [_code(record) for record in records]
+    distinct = _distinct(codes)
+    if not distinct:
+        return ["code version not recorded"]
+    if len(distinct) == 1:
+        lines = distinct
+    else:
+        # One line: each commit shortened, with how many experiments it ran (sections: in full).
+        versions = _distinct([str((r.get("versions") or {}).get("layerwise")) for r in records])
+        commits = [str(r.get("git_commit") or "unknown") for r in records]
+        counted = {commit: commits.count(commit) for commit in _distinct(commits)}
+        shown = ", ".join(
+            f"{_short(commit)} ({count} experiment{'s' if count > 1 else ''})"
+            for commit, count in counted.items()
+        )
+        lines = [
+            f"layerwise {', '.join(versions)}; {len(counted)} commits: {shown}",
+            "the experiments were run by different code versions (each section names its own)",
+        ]
+    if any("+dirty" in code for code in distinct):
         lines.append(
             "+dirty: the source tree had uncommitted changes when the runs were made, so the "
             "commit alone does not reproduce them exactly"
         )
-    if len(codes) > 1:
-        lines.append("the experiments were run by different code versions (each section says)")
     return lines
+
+
+def _short(commit: str) -> str:
+    head, plus, rest = commit.partition("+")
+    return head[:SHORT_COMMIT] + plus + rest
 
 
 def _ran(records: Sequence[Mapping[str, Any]]) -> str:
