@@ -279,6 +279,15 @@ def test_large_subspaces_through_their_complement_equal_the_direct_procrustes():
     torch.testing.assert_close(basis[:, 2:], expected, atol=1e-13, rtol=0)
 
 
+@pytest.mark.parametrize("scale", [0.0, 2.0])
+def test_a_multiple_of_the_identity_keeps_the_reference(scale):
+    """One cluster spanning the whole space (a zero statistic, as a zero-gradient step makes)."""
+    reference = random_orthogonal(5, torch.Generator().manual_seed(13))
+    a = scale * torch.eye(5, dtype=torch.float64)
+    torch.testing.assert_close(matrix.stable_eigenbasis(a, reference), reference)
+    torch.testing.assert_close(matrix.power_qr_basis(a, reference)[0], reference)
+
+
 def test_rank_deficient_overlap_is_completed_canonically():
     """diag(0, 2, 2, 0, 1): the 2-fold eigenspace span(e1, e2) sits in slots 0 and 1, whose
     identity columns e0, e1 overlap it in one direction only; the other is completed by the

@@ -258,6 +258,8 @@ def _closest_by_complement(complement: Tensor, target: Tensor) -> Tensor | None:
     SVD): an r x r ``eigh`` and products of O(n k r). ``None`` (use the k x k SVD) when
     :math:`1 - \lambda_{\max}`, the overlap's smallest squared singular value, is within
     :math:`\sqrt{\epsilon}` of zero, where forming it loses the digits the rank decision needs."""
+    if complement.shape[-1] == 0:  # S is the whole space: T is its own closest basis
+        return target.clone()
     overlap = complement.mT @ target
     try:
         eigenvalues, eigenvectors = torch.linalg.eigh(overlap @ overlap.mT)
@@ -411,6 +413,20 @@ def positive_qr(m: Tensor) -> tuple[Tensor, Tensor]:
     return q * signs.unsqueeze(-2), r * signs.unsqueeze(-1)
 
 
+def _tolerant_descending_order(values: Tensor, *, tolerance: float) -> Tensor:
+    """The permutation sorting ``values`` descending, with the values of one cluster (runs of
+    gaps at most ``tolerance`` among the sorted values) left in their given order."""
+    rough = torch.argsort(values, descending=True)
+    gaps = values[rough[:-1]] - values[rough[1:]]
+    cluster_of_sorted = torch.cat(
+        [gaps.new_zeros(1, dtype=torch.long), (gaps > tolerance).cumsum(0)]
+    )
+    cluster = torch.empty_like(cluster_of_sorted)
+    cluster[rough] = cluster_of_sorted
+    n = values.shape[-1]
+    return torch.argsort(cluster * n + torch.arange(n, device=values.device))
+
+
 def power_qr_basis(
     statistic: Tensor, previous: Tensor, *, cluster_tolerance: float = CLUSTER_TOLERANCE
 ) -> tuple[Tensor, Tensor]:
@@ -419,9 +435,10 @@ def power_qr_basis(
     Returns the new basis and the order in which the previous columns were taken.
 
     1. :math:`P = S Q_{prev}`; the columns are sorted by the estimated eigenvalues
-       :math:`\operatorname{diag}(Q_{prev}^\top P)`, descending; estimates of at most
-       ``cluster_tolerance · √n · eps · max|estimate|`` (round-off of zero) count as 0 and
-       keep their previous order (a stable sort), so that round-off does not permute them;
+       :math:`\operatorname{diag}(Q_{prev}^\top P)`, descending, where estimates closer than
+       ``cluster_tolerance · √n · eps · max|estimate|`` (:func:`eigenvalue_clusters` of the
+       sorted estimates: round-off of a repeated or zero eigenvalue) keep their previous
+       order, so that round-off does not permute them (:func:`_tolerant_descending_order`);
     2. :math:`P = QR` with R's diagonal positive (:func:`positive_qr`);
     3. from the first column whose :math:`R_{jj}` is at most that tolerance times
        :math:`\max_j R_{jj}` on (the power step left it at round-off level: a previous column
@@ -436,8 +453,7 @@ def power_qr_basis(
     if n == 0:
         return previous.clone(), torch.arange(0, device=previous.device)
     scale = float(estimated.abs().max())
-    snapped = torch.where(estimated.abs() <= unit * scale, 0.0, estimated)
-    order = torch.argsort(snapped, descending=True, stable=True)
+    order = _tolerant_descending_order(estimated, tolerance=unit * scale)
     sorted_previous = previous[:, order]
     fresh, triangular = positive_qr(power[:, order])
     diagonal = triangular.diagonal()
