@@ -6,30 +6,30 @@ Train task and transfer task (s ∈ {train, transfer}):
 
 Shapes carry a leading seed axis S: G⋆ (S, k, d), F⋆ (S, dy, k), Σx (S, d, d), a batch
 x (S, n, d), y (S, n, dy). Every random draw comes from a ``torch.Generator`` seeded from
-(seed, purpose) only, so for a given seed every method sees the same instance, initialization
-and data stream, whichever other seeds share the batch; the global RNG is never used.
+(seed, purpose) only (:func:`layerwise.problems.seeding.generator`), so for a given seed every
+method sees the same instance, initialization and data stream, whichever other seeds share the
+batch; the global RNG is never used.
 Draws are made on the CPU in float64 and then moved to the device, so results do not depend on
 the device's RNG.
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
+from layerwise.problems import seeding
 from layerwise.problems.linrep.settings import LinrepSettings
 
 DTYPE = torch.float64
 
 
 def seeded_generator(seed: int, purpose: str) -> torch.Generator:
-    """A CPU generator determined by (seed, purpose) alone."""
-    mixed = (seed * 0x9E3779B97F4A7C15 + zlib.crc32(purpose.encode())) % (2**63 - 1)
-    return torch.Generator(device="cpu").manual_seed(mixed)
+    """The CPU generator of stream ``purpose`` of ``seed`` (:mod:`layerwise.problems.seeding`)."""
+    return seeding.generator("linrep", seed, purpose)
 
 
 def haar_orthogonal(rows: int, cols: int, generator: torch.Generator) -> Tensor:

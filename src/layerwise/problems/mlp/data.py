@@ -7,17 +7,19 @@ For seed ``s`` a fixed teacher :math:`y = A^\star \tanh(W^\star x) + \sigma\vare
 samples, in float64.
 
 Pairing: the teacher and data, the student's initialisation and the minibatch order come from
-three independent streams of the seed (:func:`streams`), so for a given seed every method sees
-the same instance, the same starting point and the same batches.
+three independent streams of the seed (:func:`streams`, from
+:func:`layerwise.problems.seeding.generator`), so for a given seed every method sees the same
+instance, the same starting point and the same batches.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from layerwise.problems import seeding
 
 from .settings import MLPSettings
 
@@ -32,13 +34,7 @@ class Streams(NamedTuple):
 
 def streams(seed: int) -> Streams:
     """Independent generators for (teacher and data, initialisation, minibatch order)."""
-    children = np.random.SeedSequence(seed).spawn(3)
-    return Streams(
-        *(
-            torch.Generator().manual_seed(int(child.generate_state(1, dtype=np.uint64)[0] >> 1))
-            for child in children
-        )
-    )
+    return Streams(*(seeding.generator("mlp", seed, purpose) for purpose in Streams._fields))
 
 
 def teacher_data(

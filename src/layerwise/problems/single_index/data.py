@@ -1,19 +1,20 @@
 """Single-index data: x ~ N(0, Σ), y = σ⋆(⟨β⋆, x⟩) + ε, batched over seeds (SPEC.md §3).
 
-Everything random comes from a ``torch.Generator`` seeded from ``(seed, purpose)``, so a seed's
-instance (Σ, β⋆), initialization (W0, a) and batches are identical for every method, and the
-instance of a seed is the same at every batch size n. The global RNG is never touched. Tensors
-carry a leading seed axis S.
+Everything random comes from a ``torch.Generator`` seeded from ``(seed, purpose)``
+(:func:`layerwise.problems.seeding.generator`), so a seed's instance (Σ, β⋆), initialization
+(W0, a) and batches are identical for every method, and the instance of a seed is the same at
+every batch size n. The global RNG is never touched. Tensors carry a leading seed axis S.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from layerwise.problems import seeding
 
 from .settings import (
     CovarianceFamily,
@@ -30,11 +31,10 @@ PURPOSES = ("covariance", "target", "init", "step", "readout", "validation", "te
 
 
 def generator(seed: int, purpose: str) -> torch.Generator:
-    """A CPU generator seeded from (seed, purpose) by a stable hash."""
+    """The CPU generator of stream ``purpose`` of ``seed`` (:mod:`layerwise.problems.seeding`)."""
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-    digest = hashlib.sha256(f"single_index:{seed}:{purpose}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return seeding.generator("single_index", seed, purpose)
 
 
 def link_function(link: Link | str, z: Tensor) -> Tensor:

@@ -8,7 +8,9 @@ offset, checked) are trained at that learning rate. Both stages' rows are stored
 
 Pairing. For a seed, the initialisation and the minibatch order come from two independent
 streams of ``numpy.random.SeedSequence(seed)``, so every method sees the same starting point
-and the same batches; the data split is fixed by ``split_seed``.
+and the same batches; the data split is fixed by ``split_seed``. (The other problems seed their
+streams with :mod:`layerwise.problems.seeding`; these stay as they are because the measured
+full runs the README reports, wall-clock included, were made with them.)
 
 Rows: one per (phase, lr, seed, step) at steps 0, ``eval_every``, ..., ``steps``, with
 ``train_loss`` (mean minibatch loss since the previous row), ``val_loss`` and ``val_accuracy``
