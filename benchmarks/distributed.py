@@ -17,9 +17,15 @@ their median reported. Per candidate:
   has no refresh: its Newton–Schulz runs every step and is what ``"split"`` divides);
 - ``split_over_replicate``: the split's step and refresh relative to the replicated ones
   (issue 12's target: refresh <= 0.6 at 2 ranks);
-- ``state_mib``: optimizer state per rank;
-- KFAC also runs with ``process_group=None`` (rank-local factors, no factor all-reduce): the
-  all-reduce's share of KFAC's step (target <= 10 %).
+- ``state_mib``: optimizer state per rank (KFAC: with its pending factor sums);
+  ``droppable_mib``: of it, the refresh inputs (statistics) of the blocks another rank
+  refreshes under ``"split"``, what a non-owner could drop (it is kept: see the README);
+  ``rank_loads``: each rank's share of the refresh cost model (Σ d³) under the split;
+- KFAC's ``flush_ms``: the summing of the ranks' pending factors before a refresh (part of
+  ``refresh_ms``); KFAC also runs with ``process_group=None`` (rank-local factors, no factor
+  communication): the communication's share of KFAC's step (target <= 10 %);
+- ``--fsdp`` adds FSDP2 rows (``fully_shard`` on every Linear and the root; the gradients of
+  each block are gathered whole for the step, see ``layerwise.optim.distributed``).
 
 ``--quick`` shrinks everything to seconds (CI smoke test). Nothing here asserts a time.
 """
@@ -42,11 +48,14 @@ from typing import Any
 import torch
 from torch import distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 from torch.nn import functional as F
 
 from benchmarks.candidates import Setting, build_mlp, make_batches
 from layerwise.optim import KFAC, SOAP, Muon, Shampoo
 from layerwise.optim.base import state_bytes
+from layerwise.optim.distributed import assign_owners, refresh_cost
+from layerwise.optim.kronecker import EXP_AVG, STATISTIC_KEYS
 
 SEED = 0
 WORLD = 2
@@ -62,6 +71,7 @@ class Plan:
     rounds: int
     #: Seconds a rank may wait on a collective (and the parent on the job, times 10).
     timeout_s: float = 60.0
+    fsdp: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,25 +80,31 @@ class Candidate:
     method: str
     #: ``"replicate"`` / ``"split"``; ``"local"``: KFAC without a process group.
     mode: str = "replicate"
+    #: ``"ddp"`` (DistributedDataParallel) or ``"fsdp"`` (FSDP2's ``fully_shard``).
+    wrapper: str = "ddp"
 
 
-def candidates() -> list[Candidate]:
+def candidates(fsdp: bool = False) -> list[Candidate]:
     found = [Candidate("torch AdamW", "adamw")]
     for method in METHODS:
         for mode in ("replicate", "split"):
             found.append(Candidate(f"{method} {mode}", method, mode))
     found.append(Candidate("kfac local factors", "kfac", "local"))
+    if fsdp:
+        found.append(Candidate("torch AdamW fsdp", "adamw", wrapper="fsdp"))
+        for method in METHODS:
+            found.append(Candidate(f"{method} fsdp", method, wrapper="fsdp"))
     return found
 
 
-def make_plan(quick: bool, width: int | None, rounds: int | None) -> Plan:
+def make_plan(quick: bool, width: int | None, rounds: int | None, fsdp: bool = False) -> Plan:
     size = width or (32 if quick else 512)
     # Four equal hidden blocks, so that two ranks can split the refresh evenly (with three,
     # the best split leaves 2/3 on one rank).
     setting = Setting(
         width=size, batch=16 if quick else 256, refresh_every=5, inputs=size, hidden_layers=4
     )
-    return Plan(setting, rounds or (2 if quick else 8))
+    return Plan(setting, rounds or (2 if quick else 8), fsdp=fsdp)
 
 
 def build_optimizer(candidate: Candidate, model: nn.Module, refresh_every: int) -> Any:
@@ -110,8 +126,26 @@ class Trained:
 
     def __init__(self, candidate: Candidate, plan: Plan, rank: int) -> None:
         model = build_mlp(plan.setting, SEED)
-        self.model = nn.parallel.DistributedDataParallel(model)
+        if candidate.wrapper == "fsdp":
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            self.model: nn.Module = fully_shard(model)
+        else:
+            self.model = nn.parallel.DistributedDataParallel(model)
         self.optimizer = build_optimizer(candidate, self.model, plan.setting.refresh_every)
+        #: Seconds spent summing KFAC's pending factors (the flush before a refresh).
+        self.flush_s = 0.0
+        source = getattr(self.optimizer, "_source", None)
+        if candidate.method == "kfac" and source is not None:
+            synchronize = source.synchronize
+
+            def timed(*args: Any, **kwargs: Any) -> None:
+                start = time.perf_counter()
+                synchronize(*args, **kwargs)
+                self.flush_s += time.perf_counter() - start
+
+            source.synchronize = timed
         local = plan.setting.batch // WORLD
         self.batches = [
             (x[rank * local : (rank + 1) * local], y[rank * local : (rank + 1) * local])
@@ -132,11 +166,40 @@ class Trained:
 
 
 def _period(trained: Trained, steps: int) -> list[float]:
-    """A refresh period's step times (s), each the slower rank's; the first step refreshes."""
+    """A refresh period's step times (s), each the slower rank's (the first step refreshes),
+    then the period's flush time (KFAC; the slower rank's)."""
     dist.barrier()
-    times = torch.tensor([trained.step() for _ in range(steps)], dtype=torch.float64)
-    dist.all_reduce(times, op=dist.ReduceOp.MAX)
-    return times.tolist()
+    trained.flush_s = 0.0
+    times = [trained.step() for _ in range(steps)]
+    measured = torch.tensor([*times, trained.flush_s], dtype=torch.float64)
+    dist.all_reduce(measured, op=dist.ReduceOp.MAX)
+    return measured.tolist()
+
+
+def ownership(optimizer: Any, rank: int) -> tuple[float, list[float]]:
+    """``(droppable bytes, loads)``: the bytes of the statistics (refresh inputs) of the blocks
+    ``"split"`` assigns to other ranks than ``rank``, and each rank's share of the refresh cost,
+    from :func:`assign_owners` on the blocks in the optimizer's order (one param group, all
+    refreshing together, as here)."""
+    states = [
+        optimizer.state[p]
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if STATISTIC_KEYS[0] in optimizer.state.get(p, {})
+    ]
+    if not states:
+        return 0.0, []
+    costs = [refresh_cost(state[EXP_AVG].shape) for state in states]
+    owners = assign_owners(costs, WORLD)
+    loads = [sum(c for c, o in zip(costs, owners, strict=True) if o == r) for r in range(WORLD)]
+    droppable = sum(
+        state[key].numel() * state[key].element_size()
+        for state, owner in zip(states, owners, strict=True)
+        if owner != rank
+        for key in STATISTIC_KEYS
+        if key in state
+    )
+    return float(droppable), [load / sum(loads) for load in loads]
 
 
 def _rank(rank: int, init_file: str, out: str, plan: Plan) -> None:
@@ -151,11 +214,16 @@ def _rank(rank: int, init_file: str, out: str, plan: Plan) -> None:
             timeout=timedelta(seconds=plan.timeout_s),
         )
         period = plan.setting.refresh_every
-        trained = {c.name: Trained(c, plan, rank) for c in candidates()}
+        trained = {c.name: Trained(c, plan, rank) for c in candidates(plan.fsdp)}
         for item in trained.values():  # warm-up: one period, state allocated
             _period(item, period)
         result["state_mib"] = {
             name: state_bytes([item.optimizer]) / 2**20 for name, item in trained.items()
+        }
+        result["ownership"] = {
+            name: ownership(item.optimizer, rank)
+            for name, item in trained.items()
+            if name.endswith(" split")
         }
         result["periods"] = {name: [] for name in trained}
         for _ in range(plan.rounds):
@@ -199,16 +267,17 @@ def run_ranks(plan: Plan) -> dict[str, Any]:
 
 
 def _refresh_s(times: list[float]) -> float:
-    return max(times[0] - statistics.median(times[1:]), 0.0)
+    steps = times[:-1]  # the last entry is the period's flush time
+    return max(steps[0] - statistics.median(steps[1:]), 0.0)
 
 
-def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
+def summarize(raw: dict[str, Any], fsdp: bool = False) -> list[dict[str, Any]]:
     periods = raw["periods"]
-    adamw = periods["torch AdamW"]
+    adamw = [p[:-1] for p in periods["torch AdamW"]]
     rows = []
-    for candidate in candidates():
+    for candidate in candidates(fsdp):
         mine = periods[candidate.name]
-        steps = [sum(p) / len(p) for p in mine]
+        steps = [sum(p[:-1]) / len(p[:-1]) for p in mine]
         row: dict[str, Any] = {
             "name": candidate.name,
             "method": candidate.method,
@@ -219,12 +288,18 @@ def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
             ),
             "state_mib": raw["state_mib"][candidate.name],
         }
+        if candidate.name in raw["ownership"]:
+            droppable, loads = raw["ownership"][candidate.name]
+            row["droppable_mib"] = droppable / 2**20
+            row["rank_loads"] = loads
         if candidate.method not in ("adamw", "muon"):
             row["refresh_ms"] = 1e3 * statistics.median(_refresh_s(p) for p in mine)
+        if candidate.method == "kfac" and candidate.mode != "local":
+            row["flush_ms"] = 1e3 * statistics.median(p[-1] for p in mine)
         if candidate.mode in ("split", "local"):
             base = periods[f"{candidate.method} replicate"]
             row["step_over_replicate"] = statistics.median(
-                sum(p) / sum(b) for p, b in zip(mine, base, strict=True)
+                sum(p[:-1]) / sum(b[:-1]) for p, b in zip(mine, base, strict=True)
             )
             if candidate.mode == "split" and "refresh_ms" in row:
                 ratios = [
@@ -269,9 +344,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"## distributed: {WORLD} gloo ranks, width {setting['width']}, "
         f"global batch {setting['batch']}, refresh every {setting['refresh_every']}",
         "",
-        "| candidate | step ms | × AdamW | refresh ms | step split/repl | "
-        "refresh split/repl | state MiB/rank |",
-        "|---|---|---|---|---|---|---|",
+        "| candidate | step ms | × AdamW | refresh ms | flush ms | step split/repl | "
+        "refresh split/repl | state MiB/rank | droppable MiB | rank loads |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(value: Any, digits: int = 2) -> str:
@@ -280,8 +355,11 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         lines.append(
             f"| {row['name']} | {cell(row['step_ms'], 1)} | {cell(row['ratio_adamw'])} | "
-            f"{cell(row.get('refresh_ms'), 1)} | {cell(row.get('step_over_replicate'))} | "
-            f"{cell(row.get('refresh_over_replicate'))} | {cell(row['state_mib'])} |"
+            f"{cell(row.get('refresh_ms'), 1)} | {cell(row.get('flush_ms'), 1)} | "
+            f"{cell(row.get('step_over_replicate'))} | "
+            f"{cell(row.get('refresh_over_replicate'))} | {cell(row['state_mib'])} | "
+            f"{cell(row.get('droppable_mib'))} | "
+            f"{' / '.join(f'{load:.2f}' for load in row.get('rank_loads', []))} |"
         )
     lines += ["", "| check | value | target | met |", "|---|---|---|---|"]
     for check in report["checks"]:
@@ -298,11 +376,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--width", type=int, help="the MLP's width (default 512)")
     parser.add_argument("--rounds", type=int, help="timed rounds (default 8)")
+    parser.add_argument("--fsdp", action="store_true", help="also FSDP2 rows")
     args = parser.parse_args(argv)
-    plan = make_plan(args.quick, args.width, args.rounds)
+    plan = make_plan(args.quick, args.width, args.rounds, args.fsdp)
     started = time.perf_counter()
     raw = run_ranks(plan)
-    rows = summarize(raw)
+    rows = summarize(raw, plan.fsdp)
     report = {
         "benchmark": "distributed",
         "world_size": WORLD,

@@ -43,6 +43,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 from torch import distributed as dist
+from torch.distributed.tensor import DTensor
 
 from layerwise.optim import matrix
 from layerwise.optim.distributed import (
@@ -137,6 +138,8 @@ def state_bytes(optimizers: Iterable[torch.optim.Optimizer]) -> int:
 
     def visit(value: Any) -> None:
         nonlocal total
+        if isinstance(value, DTensor):  # a sharded state (torch.optim under FSDP2): this shard
+            value = value.to_local()
         if isinstance(value, Tensor):
             storage = value.untyped_storage()
             key = (str(value.device), storage.data_ptr())
@@ -562,7 +565,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                         transform.refresh(prepared.state, correction=correction)
                     except DecompositionError as error:
                         errors[index] = error
-            failed = torch.tensor([float(e is not None) for e in errors], dtype=torch.float64)
+            failed = torch.tensor(  # on the blocks' device: NCCL reduces no CPU tensor
+                [float(e is not None) for e in errors],
+                dtype=torch.float64,
+                device=pending[0].grad.device,
+            )
             all_reduce_coalesced([failed], spread.group)  # each block's flag from its owner
             for rank in range(spread.world_size):
                 tensors = [
