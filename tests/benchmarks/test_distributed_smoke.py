@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import distributed
 
 
@@ -26,4 +28,11 @@ def test_quick_run_writes_a_complete_report(tmp_path):
         "shampoo: split refresh / replicated refresh",
         "kfac: factor all-reduce's share of the step",
     }
-    assert len(report["periods_s"]["torch AdamW"][0]) == report["setting"]["refresh_every"]
+    # A period's step times, then its flush time (KFAC's pending factors; 0 for the others).
+    period = report["periods_s"]["torch AdamW"][0]
+    assert len(period) == report["setting"]["refresh_every"] + 1 and period[-1] == 0.0
+    assert rows["kfac replicate"]["flush_ms"] > 0
+    for method in ("shampoo", "soap", "kfac"):
+        split = rows[f"{method} split"]
+        assert 0 < split["droppable_mib"] < split["state_mib"]
+        assert sum(split["rank_loads"]) == pytest.approx(1.0)
