@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
 from layerwise.problems.sizes import size_forms
 
@@ -85,23 +85,24 @@ class SingleIndexSettings(BaseModel):
     #: ``n_over_d = n / d`` (the linrep problem's form); read back as the property :attr:`n`.
     derived_inputs: ClassVar[tuple[str, ...]] = ("n",)
 
-    d: int = Field(128, description="input dimension")
-    n_over_d: float = Field(2.0, description="step batch size over d")
-    width_over_d: float = Field(1.0, description="number of neurons N over d")
-    kappa: float = Field(1.0, description="condition number of Σ")
+    d: int = Field(128, ge=1, description="input dimension")
+    n_over_d: float = Field(2.0, gt=0, description="step batch size over d")
+    width_over_d: float = Field(1.0, gt=0, description="number of neurons N over d")
+    kappa: float = Field(1.0, ge=1, description="condition number of Σ")
     covariance: CovarianceFamily = CovarianceFamily.LOG_SPACED
     rotated: bool = Field(True, description="Haar-random eigenvectors (else axis-aligned)")
     target: TargetDirection = TargetDirection.RANDOM
     link: Link = Link.TANH
     activation: Activation = Activation.TANH
-    noise_std: float = Field(0.0, description="label noise σε")
+    noise_std: float = Field(0.0, ge=0, description="label noise σε")
     second_layer: SecondLayer = SecondLayer.GAUSSIAN
     readout: bool = Field(True, description="fit the ridge readout and test (else NaN risks)")
-    readout_over_d: float | None = Field(None, description="readout batch over d (None: n)")
-    n_validation: int = Field(1024, description="samples to choose the ridge penalty")
-    n_test: int = Field(4096, description="samples for test MSE and excess risk")
-    ridge_grid: tuple[float, ...] = Field(
+    readout_over_d: float | None = Field(None, gt=0, description="readout batch over d (None: n)")
+    n_validation: int = Field(1024, ge=1, description="samples to choose the ridge penalty")
+    n_test: int = Field(4096, ge=1, description="samples for test MSE and excess risk")
+    ridge_grid: tuple[PositiveFloat, ...] = Field(
         (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+        min_length=1,
         description="ridge penalties tried",
     )
 
@@ -110,55 +111,6 @@ class SingleIndexSettings(BaseModel):
     def _size_forms(cls, data: Any) -> Any:
         """``n_over_d`` or ``n`` (exactly one, or both consistent): ``n_over_d = n / d``."""
         return size_forms(data, cls.model_fields["d"].default, stored="n_over_d")
-        data = dict(data)
-        size = data.pop("n")
-        d = data.get("d", cls.model_fields["d"].default)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"n must be an integer >= 1, got {size!r}")
-        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-            return data  # the field validator of d names the problem
-        if "n_over_d" in data and round(data["n_over_d"] * d) != size:
-            raise ValueError(
-                f"n={size} and n_over_d={data['n_over_d']!r} disagree at d={d} "
-                f"(n_over_d gives n={round(data['n_over_d'] * d)}); give one of them"
-            )
-        data.setdefault("n_over_d", size / d)
-        return data
-
-    @field_validator("d", "n_validation", "n_test")
-    @classmethod
-    def _positive_int(cls, value: int, info) -> int:
-        if value < 1:
-            raise ValueError(f"{info.field_name} must be >= 1, got {value}")
-        return value
-
-    @field_validator("n_over_d", "width_over_d", "readout_over_d")
-    @classmethod
-    def _positive_ratio(cls, value: float | None, info) -> float | None:
-        if value is not None and not value > 0:
-            raise ValueError(f"{info.field_name} must be > 0, got {value}")
-        return value
-
-    @field_validator("kappa")
-    @classmethod
-    def _condition_number(cls, value: float) -> float:
-        if not value >= 1:
-            raise ValueError(f"kappa (a condition number) must be >= 1, got {value}")
-        return value
-
-    @field_validator("noise_std")
-    @classmethod
-    def _noise(cls, value: float) -> float:
-        if not value >= 0:
-            raise ValueError(f"noise_std must be >= 0, got {value}")
-        return value
-
-    @field_validator("ridge_grid")
-    @classmethod
-    def _ridge_grid(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value or any(not penalty > 0 for penalty in value):
-            raise ValueError(f"ridge_grid must be a non-empty list of penalties > 0, got {value}")
-        return value
 
     @model_validator(mode="after")
     def _sizes(self) -> SingleIndexSettings:
@@ -189,14 +141,7 @@ class SingleIndexSettings(BaseModel):
 class _StepParams(BaseModel):
     model_config = _FROZEN
 
-    lr: float = Field(1.0, description="η/√N")
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError(f"lr must be > 0, got {value}")
-        return value
+    lr: float = Field(1.0, gt=0, description="η/√N")
 
 
 class SgdParams(_StepParams):
@@ -209,14 +154,7 @@ class KfacParams(_StepParams):
     Damping is required when n ≤ d (Σ̂x is singular); the run refuses that combination.
     """
 
-    damping: float = Field(0.0, description="λG, added to Σ̂x")
-
-    @field_validator("damping")
-    @classmethod
-    def _damping(cls, value: float) -> float:
-        if not value >= 0:
-            raise ValueError(f"damping must be >= 0, got {value}")
-        return value
+    damping: float = Field(0.0, ge=0, description="λG, added to Σ̂x")
 
 
 class AdamParams(_StepParams):
@@ -239,14 +177,7 @@ class ShampooParams(_StepParams):
     (the adam rule). ε → 0 is muon's polar step; ε → ∞ is the sgd step.
     """
 
-    damping: float = Field(1e-12, description="ε relative to σ1(G)²")
-
-    @field_validator("damping")
-    @classmethod
-    def _damping(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError(f"damping must be > 0 (damping -> 0 is the muon step), got {value}")
-        return value
+    damping: float = Field(1e-12, gt=0, description="ε relative to σ1(G)² (→ 0: the muon step)")
 
 
 class Polar(StrEnum):
