@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from experiment_toys import expected_value
@@ -224,11 +225,31 @@ def test_a_quick_experiment_with_a_rising_loss_is_flagged_in_the_header(reported
     assert f"{sentence}." in (out / "report.md").read_text()
 
 
-def test_the_report_prints_no_numpy_warning(reported, recwarn):
+def test_the_report_prints_no_numpy_warning_on_diverged_rows(reported, register, recwarn):
+    """Quantiles over infinite losses (a diverged seed) are meant: no RuntimeWarning spam."""
+    from layerwise.experiments import plots, store
+    from layerwise.experiments.registry import Experiment
     from layerwise.experiments.report import write_report
 
+    def quartile_figure(table):
+        table["train_loss"].quantile(0.75)  # numpy warns on inf - inf outside np.errstate
+        return plots.new_figure()[0]
+
     out, _, _ = reported
-    write_report(out)
+    register(
+        Experiment(
+            name="toy-diverged",
+            problem="toy",
+            description="diverged",
+            run=print,
+            figures={"quartile": quartile_figure},
+        )
+    )
+    rows = pd.DataFrame({"method": "a", "seed": [0, 1, 2], "train_loss": [np.inf, np.inf, 1.0]})
+    store.write_run(out, "toy-diverged", "r1", rows, {"seconds": 0.1})
+    store.write_invocation(out, "toy-diverged", {"source": "toy.yaml", "run_ids": ["r1"]})
+    written = write_report(out)
+    assert [name for name, _ in written.sections[-1].figures] == ["quartile"]
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
