@@ -22,6 +22,7 @@ import matplotlib
 import pytest
 
 from layerwise import cli
+from layerwise.experiments import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -85,6 +86,10 @@ def test_doc_snippets_run(path, quick_results, tmp_path, monkeypatch):
         (tmp_path / "results").mkdir(exist_ok=True)
         os.symlink(item, tmp_path / "results" / item.name)
     monkeypatch.chdir(tmp_path)
+    # A page that registers a problem (docs/adding_a_problem.md) leaves the registry as it was.
+    registry.load_all()
+    monkeypatch.setattr(registry, "_PROBLEMS", dict(registry._PROBLEMS))
+    monkeypatch.setattr(registry, "_EXPERIMENTS", dict(registry._EXPERIMENTS))
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     # A registered module, so that classes a snippet defines (dataclasses) find their module.
     module = types.ModuleType("doc_snippets")
