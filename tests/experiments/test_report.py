@@ -295,3 +295,19 @@ def test_several_commits_are_counted_in_the_header_and_dirty_is_explained():
     )
     assert lines[2].startswith("+dirty: the source tree had uncommitted changes")
     assert _code_lines([{}]) == ["layerwise unknown version"]
+
+
+def test_machine_paths_in_free_text_are_made_relative_or_cut_to_the_file_name(tmp_path):
+    from layerwise.experiments.report_view import display_source, without_machine_paths
+
+    out = tmp_path / "out"
+    assert without_machine_paths(f"OSError: {out}/toy/runs/a.parquet", out) == (
+        "OSError: ./toy/runs/a.parquet"
+    )
+    assert without_machine_paths("in /usr/lib/python3/x.py, line 3", out) == "in x.py, line 3"
+    kept = "n/d = 8, 1/ε, ms / step, https://example.org/a/b"
+    assert without_machine_paths(kept, out) == kept
+    assert display_source("/opt/pkg/configs/linrep-kappa.yaml (--quick)", out) == (
+        "linrep-kappa.yaml (--quick)"
+    )
+    assert display_source(f"{out}/configs/mine.yaml", out) == "configs/mine.yaml"

@@ -236,11 +236,16 @@ def display_source(source: str | None, out_dir: Path) -> str:
     return display_path(path, out_dir) + (f" {QUICK_MARK}{rest}" if mark else "")
 
 
-def without_out_dir(text: str, out_dir: Path) -> str:
-    """Free text (an error message) with the output folder's absolute path replaced by ``.``."""
-    for folder in {str(out_dir), str(out_dir.resolve())}:
-        text = text.replace(folder, ".")
-    return text
+# An absolute path of two or more parts (not a URL, not "n/d" or "1/ε" inside a word).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+([\w.@+-]+)")
+
+
+def without_machine_paths(text: str, out_dir: Path) -> str:
+    """Free text (an error message) with the output folder's absolute path replaced by ``.``
+    and any other absolute path by its last part."""
+    for folder in sorted({str(out_dir.resolve()), str(out_dir.absolute())}, key=len, reverse=True):
+        text = text.replace(folder + "/", "./").replace(folder, ".")
+    return _ABSOLUTE_PATH.sub(r"\1", text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +369,7 @@ def _figure_views(section: ExperimentSection, out_dir: Path, first_number: int) 
 
 
 def _claim_view(
-    result: ClaimResult, section: ExperimentSection, figures: Sequence[FigureView]
+    result: ClaimResult, section: ExperimentSection, figures: Sequence[FigureView], out_dir: Path
 ) -> ClaimView:
     claim = next(
         (c for c in (section.experiment.claims if section.experiment else ()) if c.id == result.id),
@@ -381,7 +386,7 @@ def _claim_view(
         if not wanted:
             missing = "this experiment has no figure"
         elif wanted in errors:
-            missing = f"figure {wanted} not drawn: {errors[wanted]}"
+            missing = f"figure {wanted} not drawn: {without_machine_paths(errors[wanted], out_dir)}"
         else:
             missing = f"figure {wanted} not drawn"
     holds = result.verdict.holds
@@ -395,8 +400,11 @@ def _claim_view(
         verdict_class=VERDICT_CLASSES[holds],
         rule=rule or NO_RULE,
         rule_stated=bool(rule),
-        summary=without_negative_zero(result.verdict.summary),
-        evidence=evidence_rows(result.verdict.evidence),
+        summary=without_machine_paths(without_negative_zero(result.verdict.summary), out_dir),
+        evidence=[
+            EvidenceRow(row.quantity, without_machine_paths(row.value, out_dir))
+            for row in evidence_rows(result.verdict.evidence)
+        ],
         figure=figure,
         figure_missing=missing,
     )
@@ -426,15 +434,17 @@ def build_view(
     for section in sections:
         figures = _figure_views(section, out_dir, number)
         number += len(figures)
-        section_claims = [_claim_view(result, section, figures) for result in section.claims]
+        section_claims = [
+            _claim_view(result, section, figures, out_dir) for result in section.claims
+        ]
         claim_views.update({(c.id, c.experiment): c for c in section_claims})
         problems = [
             f"failed run {failure['run_id']}: "
-            + without_out_dir(str(failure.get("error", "")), out_dir)
+            + without_machine_paths(str(failure.get("error", "")), out_dir)
             for failure in section.failures
         ]
         problems += [
-            f"figure or table {name} not drawn: {without_out_dir(error, out_dir)}"
+            f"figure or table {name} not drawn: {without_machine_paths(error, out_dir)}"
             for name, error in section.figure_errors
         ]
         if section.experiment is None:
