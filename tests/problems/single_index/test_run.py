@@ -7,9 +7,9 @@ import math
 import pytest
 
 from layerwise.experiments.registry import MethodSpec, RunTask
+from layerwise.problems.single_index.methods import METHOD_MODELS
 from layerwise.problems.single_index.run import run_seeds, run_task
 from layerwise.problems.single_index.settings import (
-    METHOD_MODELS,
     KfacParams,
     SingleIndexSettings,
 )

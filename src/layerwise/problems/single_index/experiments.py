@@ -26,8 +26,9 @@ from layerwise.experiments.registry import (
 )
 
 from . import claims, figures, many_steps, many_steps_claims, shampoo_muon
+from .methods import METHOD_MODELS
 from .run import run_task
-from .settings import METHOD_MODELS, SingleIndexSettings, check_method
+from .settings import SingleIndexSettings, check_method
 
 #: Seeds per run: memory grows like seeds × (n + n_test) × d, about 0.6 GB at d = 512, n/d = 8.
 SEEDS_PER_RUN = 5

@@ -38,49 +38,10 @@ from torch import Tensor
 from layerwise.experiments.registry import MethodSpec, RunTask
 
 from . import metrics, onestep, theory
-from .data import Instance, generator, make_instance, sample
+from .data import make_instance, sample
+from .methods import first_layer
 from .readout import feature_map, ridge_readout
 from .settings import Polar, SingleIndexSettings, check_methods
-
-
-def _step(spec: MethodSpec, instance: Instance, x1: Tensor, y1: Tensor) -> Tensor:
-    """W1 for the method (S, N, d)."""
-    activation = instance.settings.activation
-    w0, a = instance.w0, instance.a
-    params = spec.params
-    match spec.name:
-        case "sgd":
-            return w0 + onestep.sgd_step(w0, a, x1, y1, lr=params.lr, activation=activation)
-        case "kfac":
-            return w0 + onestep.kfac_step(
-                w0, a, x1, y1, lr=params.lr, damping=params.damping, activation=activation
-            )
-        case "adam":
-            return w0 + onestep.adam_step(w0, a, x1, y1, lr=params.lr, activation=activation)
-        case "batchnorm":
-            return w0 + onestep.batchnorm_step(w0, a, x1, y1, lr=params.lr, activation=activation)
-        case "shampoo":
-            return w0 + onestep.shampoo_step(
-                w0, a, x1, y1, lr=params.lr, damping=params.damping, activation=activation
-            )
-        case "muon":
-            return w0 + onestep.muon_step(
-                w0, a, x1, y1, lr=params.lr, polar=params.polar, activation=activation
-            )
-        case "rf":
-            return w0.clone()
-        case "oracle":
-            scales = torch.stack(
-                [
-                    torch.randn(
-                        instance.settings.width, generator=generator(seed, "oracle"), dtype=w0.dtype
-                    )
-                    for seed in instance.seeds
-                ]
-            ).to(w0.device)
-            return onestep.oracle_weights(instance.beta, scales)
-        case other:
-            raise ValueError(f"unknown single-index method {other!r}")
 
 
 def _theory(
@@ -142,7 +103,7 @@ def run_seeds(
 
     frames = []
     for label, spec in methods.items():
-        w1 = _step(spec, instance, x1, y1)
+        w1 = first_layer(spec.name, instance, x1, y1, spec.params)
         delta = w1 - instance.w0
         columns: dict[str, Tensor] = {}
         if spec.name == "rf" or _exact_polar(spec):

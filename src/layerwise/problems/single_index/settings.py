@@ -206,18 +206,6 @@ class OracleParams(BaseModel):
     model_config = _FROZEN
 
 
-METHOD_MODELS: dict[str, type[BaseModel]] = {
-    "sgd": SgdParams,
-    "kfac": KfacParams,
-    "adam": AdamParams,
-    "batchnorm": BatchNormParams,
-    "shampoo": ShampooParams,
-    "muon": MuonParams,
-    "rf": RandomFeaturesParams,
-    "oracle": OracleParams,
-}
-
-
 def check_methods(settings: SingleIndexSettings, methods: Mapping[str, MethodSpec]) -> None:
     """Refuse combinations a single model cannot see (:func:`check_method`), naming the label."""
     for label, spec in methods.items():
