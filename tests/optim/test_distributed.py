@@ -37,7 +37,7 @@ EXACT_CASES = [
     {"name": "ekfac", "optimizer": "kfac", "knobs": {"ekfac": True, "lr": 1e-2}},
 ]
 #: KFAC's factors summed across ranks only when they are read (refreshes every 3 steps; the
-#: EMA and ``latest``): the single-process run to 1e-10.
+#: EMA, ``latest``, statistics every 2 steps): the single-process run to 1e-10.
 DEFERRED_CASES = [
     {"name": "kfac_deferred", "optimizer": "kfac", "knobs": {"refresh_every": 3}},
     {
@@ -48,7 +48,8 @@ DEFERRED_CASES = [
     {
         "name": "kfac_deferred_every_2",
         "optimizer": "kfac",
-        "knobs": {"refresh_every": 4, "statistics_every": 2, "statistics_decay": 0.5},
+        # statistics at steps 1 and 3, refreshes at 1 and 4 (of a step without statistics)
+        "knobs": {"refresh_every": 3, "statistics_every": 2, "statistics_decay": 0.5},
     },
 ]
 #: A checkpoint (``state_dict()``) between refreshes folds the pending factor sums early: the
