@@ -66,3 +66,21 @@ def test_a_config_file_with_kappa_below_one_stops_reproduce_before_any_run(
     error = capsys.readouterr().err
     assert "linrep-transfer.yaml" in error and "settings.kappa_x" in error, error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("experiment", "assignment"),
+    [
+        ("linrep-transfer", "settings.d=1000000"),
+        ("single-index-risk", "settings.d=300000"),
+        ("mlp-optimizers", "settings.n_train=10000000000"),
+    ],
+)
+def test_a_run_too_large_for_memory_is_refused_by_its_problems_estimate(
+    experiment, assignment, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    argv = ["run", experiment, "--quick", "--set", assignment, "--out", str(out)]
+    assert cli.main(argv) == 2
+    assert "GiB" in capsys.readouterr().err
+    assert not out.exists()

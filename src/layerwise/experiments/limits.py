@@ -8,8 +8,8 @@ that :mod:`.config` can refuse the config before anything runs.
 - **finite and in range**: every float of a settings or hyperparameter model (nested too) is
   finite and at most :data:`MAX_MAGNITUDE` in absolute value;
 - **no bool as a number**: a YAML ``true`` given for a field that is not a bool;
-- **memory**: a per-problem estimate of the largest working set of one run (float64 arrays)
-  must fit in the machine's physical memory;
+- **memory**: the problem's estimate of the largest working set of one run (its settings'
+  ``memory_bytes()``, float64 arrays) must fit in the machine's physical memory;
 - **counts**: at most :data:`MAX_SEEDS` seeds and :data:`MAX_RUNS` runs per config.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,8 +30,6 @@ MAX_SEEDS = 100_000
 
 #: The most runs one config may expand into (grid points x method groups x seed groups).
 MAX_RUNS = 1_000_000
-
-_FLOAT64 = 8
 
 
 def value_problems(model: BaseModel, given: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -99,36 +97,17 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
-def _linrep_bytes(s) -> int:
-    # Σx and KFAC/Shampoo factors (d x d), a step batch and the held-out set (samples x d),
-    # with room for the products of one step.
-    return _FLOAT64 * (4 * s.d * s.d + 3 * (s.n + s.n_heldout) * s.d + 4 * s.dy * s.d)
-
-
-def _single_index_bytes(s) -> int:
-    # Σ (d x d), the first layer (N x d), the batches (samples x d) and their features
-    # (samples x N).
-    samples = s.n + s.readout_size + s.n_validation + s.n_test
-    return _FLOAT64 * (4 * s.d * s.d + 3 * s.width * s.d + samples * (s.d + s.width))
-
-
-#: Working-set estimates by problem name; a settings model may instead define
-#: ``memory_bytes(self) -> int``. A problem with neither is not checked.
-MEMORY_ESTIMATES: dict[str, Callable[[Any], int]] = {
-    "linrep": _linrep_bytes,
-    "single_index": _single_index_bytes,
-}
-
-
 def memory_problem(problem: str, settings: BaseModel) -> str | None:
-    """Why one run of ``settings`` would not fit in this machine's memory, or None."""
+    """Why one run of ``settings`` would not fit in this machine's memory, or None.
+
+    The estimate is the settings model's ``memory_bytes()`` (each problem's own arrays); a
+    model without one is not checked."""
     method = getattr(settings, "memory_bytes", None)
-    estimate = MEMORY_ESTIMATES.get(problem)
     available = physical_memory_bytes()
-    if (method is None and estimate is None) or available is None:
+    if method is None or available is None:
         return None
     try:
-        needed = method() if method is not None else estimate(settings)
+        needed = method()
     except (AttributeError, TypeError, OverflowError):
         return None
     if needed > available:

@@ -24,6 +24,8 @@ StepSize = float | Literal["tune"]
 #: First tuning seed; reported seeds must stay below it so the two sets are disjoint.
 TUNING_SEED_OFFSET = 1_000_000
 
+_FLOAT64 = 8
+
 
 def _check_step_size(value: StepSize, field: str) -> StepSize:
     if value != "tune" and not value > 0:
@@ -80,6 +82,14 @@ class LinrepSettings(BaseModel):
     def n_over_d(self) -> float:
         """Samples per step over the input dimension, ``n / d``."""
         return self.n / self.d
+
+    def memory_bytes(self) -> int:
+        """Largest working set of one seed's run (float64): Σx and the KFAC/Shampoo factors
+        (d x d), a step batch and the held-out set (samples x d), with room for the products of
+        one step."""
+        return _FLOAT64 * (
+            4 * self.d * self.d + 3 * (self.n + self.n_heldout) * self.d + 4 * self.dy * self.d
+        )
 
     @field_validator("lr_grid")
     @classmethod

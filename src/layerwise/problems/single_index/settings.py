@@ -74,6 +74,7 @@ class SecondLayer(StrEnum):
 
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+_FLOAT64 = 8
 
 
 class SingleIndexSettings(BaseModel):
@@ -136,6 +137,14 @@ class SingleIndexSettings(BaseModel):
         """Samples in the readout batch."""
         ratio = self.n_over_d if self.readout_over_d is None else self.readout_over_d
         return round(ratio * self.d)
+
+    def memory_bytes(self) -> int:
+        """Largest working set of one seed's run (float64): Σ (d x d), the first layer (N x d),
+        the batches (samples x d) and their features (samples x N)."""
+        samples = self.n + self.readout_size + self.n_validation + self.n_test
+        return _FLOAT64 * (
+            4 * self.d * self.d + 3 * self.width * self.d + samples * (self.d + self.width)
+        )
 
 
 class _StepParams(BaseModel):
