@@ -1,8 +1,12 @@
 """Figures of the linrep experiments, drawn from stored tables only.
 
-Conventions of :mod:`layerwise.experiments.plots`: one colour per method label, median over
-seeds with an interquartile band, theory as dashed black lines, log axes where values span
-decades. Legends show each method's step size (``lr``; "tuned" when chosen by the tuning stage).
+Conventions of :mod:`layerwise.experiments.plots`: methods by their display names, one colour
+per method family (markers and line styles tell a family's methods apart), median over seeds
+with an interquartile band, theory lines black or grey in distinct styles, legends outside the
+axes, log axes where values span decades. Legends show each method's step size η ("tuned"
+when chosen by the tuning stage). On the log x axes of the sweeps the methods' points are
+spread by a few percent around each grid value so that coincident points stay visible; the
+ticks mark the grid values.
 """
 
 from __future__ import annotations
@@ -12,26 +16,48 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from layerwise.experiments.plots import (
-    METHOD_COLORS,
+    budget_line,
+    display_name,
+    legend_outside,
     median_band,
-    method_color,
+    method_style,
     new_figure,
+    new_grid,
     theory_line,
 )
 from layerwise.problems.linrep import theory
 
+#: Algorithms of layerwise.optim (``library_kfac``, ``library_ekfac``, ...) run on the model.
+_LIBRARY_OPTIMIZERS = ("shampoo", "soap", "muon")
 
-def _labelled(table: pd.DataFrame) -> pd.DataFrame:
-    """Add ``label``: the method and its step size, e.g. ``sgd (lr 0.25, tuned)``."""
+#: Horizontal spread of the methods' points around a grid value (see median_band's dodge).
+_DODGE = 0.03
 
-    def label(rows: pd.DataFrame) -> str:
-        lrs = sorted(rows["lr"].unique())
-        tuned = ", tuned" if rows["lr_tuned"].any() else ""
-        values = "/".join(f"{v:g}" for v in lrs)
-        return f"lr {values}{tuned}"
 
-    names = {method: f"{method} ({label(rows)})" for method, rows in table.groupby("method")}
-    return table.assign(label=table["method"].map(names))
+def _fraction(value: float) -> str:
+    """``0.125`` -> ``"⅛"``: the step sizes of the configs as the fractions they are."""
+    names = {1.0: "1", 0.5: "½", 0.25: "¼", 0.125: "⅛"}
+    return names.get(float(value), f"{value:g}")
+
+
+def _legend_names(table: pd.DataFrame) -> dict[str, str]:
+    """Each method's legend text: its display name and step size, e.g. ``SGD, tuned η = ¼``.
+
+    A label whose display name already states its fixed step size (``KFAC, η = ½``) is shown
+    as it is.
+    """
+    names = {}
+    for method, rows in table.groupby("method"):
+        name = display_name(method)
+        lrs = [_fraction(v) for v in sorted(rows["lr"].unique())]
+        values = f"= {lrs[0]}" if len(lrs) == 1 else "∈ {" + ", ".join(lrs) + "}"
+        if rows["lr_tuned"].any():
+            names[method] = f"{name}, tuned η {values}"
+        elif "η" in name:
+            names[method] = name
+        else:
+            names[method] = f"{name}, η {values}"
+    return names
 
 
 def _value_ticks(ax, values) -> None:
@@ -41,54 +67,63 @@ def _value_ticks(ax, values) -> None:
     ax.set_xticks([], minor=True)
 
 
-def _band(ax, table, x, y, **kwargs):
-    """median_band keyed by method (fixed colours), legend text with the step size.
+def _band(ax, table, x, y, *, names: dict[str, str] | None = None, **kwargs):
+    """median_band keyed by method, legend text with the step size (``names``: the legend
+    texts, when several panels share one legend)."""
+    labels = names if names is not None else _legend_names(table)
+    median_band(ax, table, x=x, y=y, by="method", labels=labels, **kwargs)
 
-    Labels without a fixed colour in ``METHOD_COLORS`` get a hashed colour that may repeat a
-    fixed one, so they are drawn dotted to stay distinguishable.
-    """
-    table = _labelled(table)
-    fixed = table["method"].isin(list(METHOD_COLORS))
-    median_band(ax, table[fixed], x=x, y=y, by="method", **kwargs)
-    if (~fixed).any():
-        median_band(ax, table[~fixed], x=x, y=y, by="method", **{**kwargs, "linestyle": ":"})
-    names = dict(zip(table["method"], table["label"], strict=False))
-    for line in ax.get_lines():
-        if line.get_label() in names:
-            line.set_label(names[line.get_label()])
+
+#: The trajectories' panels: (column, y label).
+_TRAJECTORY_PANELS = (
+    ("train_loss", "training loss (batch)"),
+    ("distance", "subspace distance ‖P⊥U‖₂"),
+    ("transfer_risk", "transfer excess risk"),
+)
 
 
 def trajectories(table: pd.DataFrame) -> Figure:
-    fig, axes = new_figure(3, width=4.8)
-    panels = (
-        ("train_loss", "training loss (batch)"),
-        ("distance", "subspace distance ‖P⊥U‖₂"),
-        ("transfer_risk", "transfer excess risk"),
-    )
-    for ax, (column, label) in zip(axes, panels, strict=True):
-        _band(ax, table, "iteration", column)
-        ax.set_yscale("log")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(label)
-    axes[1].legend(fontsize=5.5, framealpha=0.6)
+    """Training loss, subspace distance and transfer risk against iterations: one row of
+    panels for the paper's methods, one for the library optimizers (with the paper's SGD and
+    KFAC as references), each row with its own legend."""
+    algorithm = table["algorithm"].astype(str)
+    library = algorithm.str.startswith("library_") | algorithm.isin(_LIBRARY_OPTIMIZERS)
+    references = table["method"].isin(["sgd", "kfac"])
+    rows = [("the paper's methods", table[~library])]
+    if library.any():
+        rows.append(("library optimizers (layerwise.optim)", table[library | references]))
+    fig, grid = new_grid(len(rows), len(_TRAJECTORY_PANELS))
+    for axes, (title, group) in zip(grid, rows, strict=True):
+        for ax, (column, label) in zip(axes, _TRAJECTORY_PANELS, strict=True):
+            _band(ax, group, "iteration", column)
+            ax.set_yscale("log")
+            ax.set_xlabel("iteration")
+            ax.set_ylabel(label)
+            ax.set_title(title, fontsize=9)
+        legend_outside(axes[-1], axes=axes)
     fig.suptitle("linear representation learning (median, IQR over seeds)")
     return fig
 
 
-def _iterations_vs(ax, rows: pd.DataFrame, varying: str, xlabel: str) -> None:
-    _band(ax, rows, varying, "iterations_to_eps", marker="o")
+def _iterations_vs(
+    ax, rows: pd.DataFrame, varying: str, xlabel: str, names: dict[str, str] | None = None
+) -> None:
+    _band(ax, rows, varying, "iterations_to_eps", names=names, dodge=_DODGE)
     ax.set_xscale("log")
     ax.set_yscale("log")
     _value_ticks(ax, rows[varying])
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("iterations to eps (censored = budget)")
+    ax.set_ylabel("iterations to ε (censored = budget)")
     if not rows.empty:
-        ax.axhline(rows["budget"].max(), color="grey", linewidth=0.8, linestyle=":")
+        budget_line(ax, float(rows["budget"].max()))
 
 
 def kappa(table: pd.DataFrame) -> Figure:
-    fig, axes = new_figure(2, width=5.5)
+    """Iterations to ε against κ(Σx) and against κF, with kfac's predicted count at each fixed
+    η < 1 and the gradient-step bound κx·κF²·log(1/ε), each theory line labelled at its end."""
+    fig, axes = new_figure(2, width=5.0)
     eps = float(table["eps"].iloc[0])
+    names = _legend_names(table)  # one text per method in the shared legend
     for ax, (varying, fixed, xlabel) in zip(
         axes,
         (("kappa_x", "kappa_f", "κ(Σx)"), ("kappa_f", "kappa_x", "κ(F⋆)")),
@@ -96,13 +131,20 @@ def kappa(table: pd.DataFrame) -> Figure:
     ):
         rows = table[table[fixed] == table[fixed].min()]
         if rows[varying].nunique() < 2:
+            ax.set_title(f"fewer than two {xlabel} values")
             continue
-        _iterations_vs(ax, rows, varying, xlabel)
+        _iterations_vs(ax, rows, varying, xlabel, names)
         grid = np.sort(rows[varying].unique())
         fixed_lrs = rows[(rows["algorithm"] == "kfac") & ~rows["lr_tuned"] & (rows["lr"] < 1)]
         for lr in sorted(fixed_lrs["lr"].unique()):
             value = theory.kfac_iterations_to_eps(lr, eps)
-            theory_line(ax, grid, np.full(len(grid), value), label=f"kfac theory η={lr:g}")
+            theory_line(
+                ax,
+                grid,
+                np.full(len(grid), value),
+                label=f"KFAC theory, η = {_fraction(lr)}: log ε / log(1 − η)",
+                annotate=f"η = {_fraction(lr)}",
+            )
         other = float(rows[fixed].min())
         bound = [
             theory.gradient_iterations_to_eps(
@@ -110,73 +152,87 @@ def kappa(table: pd.DataFrame) -> Figure:
             )
             for g in grid
         ]
-        theory_line(ax, grid, bound, label="gradient-step bound κx·κF²·log(1/ε)")
-        ax.legend(fontsize=5.5, framealpha=0.6)
+        theory_line(ax, grid, bound, label="gradient-step bound κx·κF²·log(1/ε)", annotate="bound")
+    legend_outside(axes[-1], axes=axes)
     return fig
 
 
 def basis(table: pd.DataFrame) -> Figure:
     bases = sorted(table["basis"].unique())
-    fig, axes = new_figure(len(bases), width=5.0)
+    fig, axes = new_figure(len(bases), width=4.5)
+    names = _legend_names(table)
     for ax, name in zip(axes, bases, strict=True):
-        _iterations_vs(ax, table[table["basis"] == name], "kappa_x", "κ(Σx)")
-        ax.set_title(f"Σx basis: {name}")
-        ax.legend(fontsize=5.5, framealpha=0.6)
+        _iterations_vs(ax, table[table["basis"] == name], "kappa_x", "κ(Σx)", names)
+        ax.set_title(display_name(name))
+    legend_outside(axes[-1], axes=axes)
     return fig
 
 
 def transfer(table: pd.DataFrame) -> Figure:
-    fig, axes = new_figure(1, width=5.5)
+    fig, axes = new_figure(1, width=5.0)
     ax = axes[0]
-    _band(ax, table, "n_transfer", "transfer_risk", marker="o")
+    _band(ax, table, "n_transfer", "transfer_risk", dodge=_DODGE)
     ax.set_xscale("log")
     ax.set_yscale("log")
     _value_ticks(ax, table["n_transfer"])
     ax.set_xlabel("transfer samples n_transfer")
     ax.set_ylabel("transfer excess risk")
-    ax.legend(fontsize=5.5, framealpha=0.6)
+    legend_outside(ax)
     return fig
 
 
 def floor(table: pd.DataFrame) -> Figure:
-    fig, axes = new_figure(1, width=5.5)
+    fig, axes = new_figure(1, width=5.0)
     ax = axes[0]
-    _band(ax, table, "n_effective_minus_d", "stationary_distance", marker="o")
+    _band(ax, table, "n_effective_minus_d", "stationary_distance", dodge=_DODGE)
     kfac = table[table["algorithm"] == "kfac"]
     if not kfac.empty:
         medians = kfac.groupby("n_effective_minus_d")["stationary_distance"].median()
         x = medians.index.to_numpy(dtype=float)
         anchor = medians.iloc[0] * np.sqrt(x[0])
-        theory_line(ax, x, anchor / np.sqrt(x), label="slope −½ (through kfac's first point)")
+        theory_line(ax, x, anchor / np.sqrt(x), label="slope −½ (through KFAC's first point)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _value_ticks(ax, table["n_effective_minus_d"])
     ax.set_xlabel("n_eff − d (samples per step used by the G update, minus d)")
     ax.set_ylabel("stationary subspace distance")
-    ax.legend(fontsize=5.5, framealpha=0.6)
+    legend_outside(ax)
     return fig
 
 
 def second_order(table: pd.DataFrame) -> Figure:
+    """Gauss–Newton and Newton against their damping, with the median of each kfac label as a
+    horizontal reference; coincident references keep apart by line style and by markers at
+    staggered positions."""
     kappas = sorted(table["kappa_x"].unique())
-    fig, axes = new_figure(len(kappas), width=4.5)
+    fig, axes = new_figure(len(kappas), width=4.2)
+    names = _legend_names(table)
     for ax, value in zip(axes, kappas, strict=True):
         rows = table[table["kappa_x"] == value]
         second = rows[rows["algorithm"].isin(["gauss_newton", "newton"])]
-        _band(ax, second, "damping", "iterations_to_eps", marker="o")
-        for method, group in rows[rows["algorithm"] == "kfac"].groupby("method"):
+        _band(ax, second, "damping", "iterations_to_eps", names=names, dodge=_DODGE)
+        references = rows[rows["algorithm"] == "kfac"]
+        dampings = np.sort(second["damping"].unique()) if not second.empty else np.array([1.0])
+        span = np.geomspace(dampings[0], dampings[-1], 9) if len(dampings) > 1 else dampings
+        for index, (method, group) in enumerate(references.groupby("method")):
             median = group["iterations_to_eps"].median()
-            ax.axhline(
-                median,
-                color=method_color(str(method)),
-                linestyle="-.",
+            style = method_style(method)
+            ax.plot(
+                span,
+                np.full(len(span), median),
+                color=style["color"],
+                marker=style["marker"],
+                linestyle=["--", "-."][index % 2],
+                markevery=(index % 2, 2),
                 linewidth=1.2,
-                label=f"{method} (lr {group['lr'].iloc[0]:g}), median",
+                zorder=3,
+                label=f"{names[method]}, median",
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        budget_line(ax, float(rows["budget"].max()))
         ax.set_xlabel("damping μ")
-        ax.set_ylabel("iterations to eps (censored = budget)")
+        ax.set_ylabel("iterations to ε (censored = budget)")
         ax.set_title(f"κ(Σx) = {value:g}")
-        ax.legend(fontsize=5.5, framealpha=0.6)
+    legend_outside(axes[-1], axes=axes)
     return fig

@@ -8,7 +8,8 @@ from layerwise.experiments import plots
 
 
 def losses(table: pd.DataFrame):
-    """Training and held-out loss vs step, median over seeds with the interquartile band."""
+    """Training and held-out loss vs step, median over seeds with the interquartile band, one
+    legend (methods by display name) outside the panels."""
     fig, (train_ax, test_ax) = plots.new_figure(2)
     for ax, column, title in (
         (train_ax, "train_loss", "training"),
@@ -19,5 +20,5 @@ def losses(table: pd.DataFrame):
         ax.set_xlabel("step (minibatch updates)")
         ax.set_ylabel(f"{title} loss (mean squared error)")
         ax.set_title(f"{title} loss")
-    test_ax.legend(fontsize=8)
+    plots.legend_outside(test_ax)
     return fig

@@ -1,7 +1,9 @@
 """Figures of the single-index experiments, drawn from stored tables only.
 
-Medians over seeds with interquartile bands (one colour per method), theory as dashed black
-lines (the median over seeds of the per-instance prediction), n/d on a log2 axis.
+Medians over seeds with interquartile bands (methods by display name, one colour per family),
+theory lines black or grey in distinct styles (the median over seeds of the per-instance
+prediction), n/d on a log2 axis, legends outside the axes. The methods' points are spread by
+a few percent around each n/d (or damping) value so that coincident points stay visible.
 """
 
 from __future__ import annotations
@@ -9,7 +11,32 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from layerwise.experiments.plots import median_band, new_figure, theory_line
+from layerwise.experiments.plots import (
+    LEGEND_FONTSIZE,
+    display_name,
+    legend_outside,
+    median_band,
+    method_style,
+    new_figure,
+    new_grid,
+    theory_line,
+)
+
+#: Horizontal spread of the methods' points around a grid value (see median_band's dodge).
+_DODGE = 0.04
+
+#: The two alignments of sgd's spike (sgd_bias): against β⋆ in sgd's colour, against Σβ⋆ in
+#: a colour no method family uses, hollow markers so that equal values (κ = 1) show both.
+_TARGET_STYLES = {
+    "β⋆": {**method_style("sgd"), "marker": "o", "linestyle": "-"},
+    "Σβ⋆": {
+        "color": "#E69F00",
+        "marker": "s",
+        "linestyle": "--",
+        "markerfacecolor": "none",
+        "markersize": 7,
+    },
+}
 
 
 def _theory(ax, rows: pd.DataFrame, x: str, label: str | None) -> None:
@@ -21,35 +48,43 @@ def _theory(ax, rows: pd.DataFrame, x: str, label: str | None) -> None:
 def _panels(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """One panel per (link, κ), titled by both."""
     return [
-        (f"{link}, κ = {kappa:g}", group)
+        (f"{display_name(link)} link, κ = {kappa:g}", group)
         for (link, kappa), group in rows.groupby(["link", "kappa"], sort=True)
     ]
 
 
 def alignment_figure(table: pd.DataFrame) -> Figure:
-    """Spike alignment cos(u, β⋆) against n/d, one panel per (link, κ), sgd and kfac with theory
-    lines for v (Figure 2 analogue); the dotted grey line is the sgd cap cos(Σβ⋆, β⋆)."""
+    """Spike alignment cos(u, β⋆) against n/d, one panel per (link, κ), sgd and kfac with the
+    theory line for v of each, and sgd's cap cos(Σβ⋆, β⋆) (Figure 2 analogue)."""
     panels = _panels(table[table["algorithm"].isin(["sgd", "kfac"])])
-    fig, axes = new_figure(len(panels))
+    fig, axes = new_figure(len(panels), width=4.0)
     for ax, (title, panel) in zip(axes, panels, strict=True):
-        median_band(ax, panel, x="n_over_d", y="spike_align_beta", marker="o", linestyle="none")
-        for index, (_, group) in enumerate(panel.groupby("method")):
-            _theory(ax, group, "n_over_d", "theory (v)" if index == 0 else None)
+        median_band(
+            ax,
+            panel,
+            x="n_over_d",
+            y="spike_align_beta",
+            linestyle="none",
+            dodge=_DODGE,
+            label_format="{} spike",
+        )
+        for method, group in panel.groupby("method"):
+            _theory(ax, group, "n_over_d", f"theory cos(v, β⋆), {display_name(method)}")
         cap = panel.groupby("n_over_d")["theory_cap"].median()
-        ax.plot(cap.index, cap.values, linestyle=":", color="grey", label="sgd cap")
+        theory_line(ax, cap.index, cap.values, label="SGD cap cos(Σβ⋆, β⋆)")
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("n / d")
         ax.set_ylabel("cos(spike, β⋆)")
         ax.set_title(title)
-        ax.legend(fontsize=7)
+    legend_outside(axes[-1], axes=axes)
     return fig
 
 
 def sgd_bias_figure(table: pd.DataFrame) -> Figure:
     """sgd's spike: alignment with β⋆ and with Σβ⋆ against n/d, one panel per (link, κ)."""
     panels = _panels(table[table["algorithm"] == "sgd"])
-    fig, axes = new_figure(len(panels))
+    fig, axes = new_figure(len(panels), width=4.0)
     for ax, (title, panel) in zip(axes, panels, strict=True):
         long = pd.concat(
             [
@@ -63,8 +98,9 @@ def sgd_bias_figure(table: pd.DataFrame) -> Figure:
             x="n_over_d",
             y="value",
             by="target",
-            marker="o",
-            label_format="sgd spike vs {}",
+            style=_TARGET_STYLES.__getitem__,
+            dodge=_DODGE,
+            label_format="SGD spike vs {}",
         )
         line = panel.groupby("n_over_d")["theory_align_sigma_beta"].median().dropna()
         theory_line(ax, line.index, line.values, label="theory cos(v, Σβ⋆)")
@@ -73,8 +109,8 @@ def sgd_bias_figure(table: pd.DataFrame) -> Figure:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("n / d")
         ax.set_ylabel("alignment")
-        ax.set_title(f"sgd, {title}")
-        ax.legend(fontsize=7)
+        ax.set_title(f"SGD, {title}")
+    legend_outside(axes[-1], axes=axes)
     return fig
 
 
@@ -82,27 +118,38 @@ def risk_figure(table: pd.DataFrame) -> Figure:
     """Excess risk after the ridge readout against n/d for every method (Figure 3 analogue).
 
     The oracle's risk is orders of magnitude below the others (≈ 0: the teacher is in the
-    student class); the axis is cut below the learned methods and the oracle's median is
-    written in the title instead of squeezing every other curve."""
+    student class); the axis is cut below the learned methods, and an oracle below the cut
+    is not drawn (nor in the legend) but written at the bottom of the panel instead of
+    squeezing every other curve."""
     kappas = sorted(table["kappa"].unique())
-    fig, axes = new_figure(len(kappas))
+    fig, axes = new_figure(len(kappas), width=4.2)
     for ax, kappa in zip(axes, kappas, strict=True):
         panel = table[table["kappa"] == kappa]
-        median_band(ax, panel, x="n_over_d", y="excess_risk", marker="o")
+        is_oracle = panel["algorithm"] == "oracle"
+        learned = panel[~is_oracle]["excess_risk"]
+        oracle = panel[is_oracle]["excess_risk"].median()
+        bottom = 0.3 * learned.min() if not learned.empty and learned.min() > 0 else None
+        hidden = bottom is not None and oracle == oracle and oracle < bottom
+        median_band(
+            ax, panel[~is_oracle] if hidden else panel, x="n_over_d", y="excess_risk", dodge=_DODGE
+        )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        learned = panel[panel["algorithm"] != "oracle"]["excess_risk"]
-        title = f"κ = {kappa:g}"
-        oracle = panel[panel["algorithm"] == "oracle"]["excess_risk"].median()
-        if not learned.empty and learned.min() > 0:
-            bottom = 0.3 * learned.min()
+        if bottom is not None:
             ax.set_ylim(bottom=bottom)
-            if oracle == oracle and oracle < bottom:
-                title += f" (oracle median {oracle:.1e}, below the axis)"
+        if hidden:
+            ax.text(
+                0.02,
+                0.02,
+                f"▼ {display_name('oracle')}: median {oracle:.1e}, below the axis",
+                transform=ax.transAxes,
+                fontsize=LEGEND_FONTSIZE,
+                color=method_style("oracle")["color"],
+            )
         ax.set_xlabel("n / d")
         ax.set_ylabel("excess test risk")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"κ = {kappa:g}")
+    legend_outside(axes[-1], axes=axes)
     return fig
 
 
@@ -110,45 +157,44 @@ def feature_alignment_figure(table: pd.DataFrame) -> Figure:
     """Spike alignment cos(u, β⋆) of every method with a step against n/d, one panel per κ."""
     rows = table[table["algorithm"] != "rf"]
     kappas = sorted(rows["kappa"].unique())
-    fig, axes = new_figure(len(kappas))
+    fig, axes = new_figure(len(kappas), width=4.2)
     for ax, kappa in zip(axes, kappas, strict=True):
         median_band(
-            ax, rows[rows["kappa"] == kappa], x="n_over_d", y="spike_align_beta", marker="o"
+            ax, rows[rows["kappa"] == kappa], x="n_over_d", y="spike_align_beta", dodge=_DODGE
         )
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("n / d")
         ax.set_ylabel("cos(spike, β⋆)")
         ax.set_title(f"κ = {kappa:g}")
-        ax.legend(fontsize=7)
+    legend_outside(axes[-1], axes=axes)
     return fig
 
 
 def damping_figure(table: pd.DataFrame) -> Figure:
     """kfac against its damping λG: spike alignment with the damped theory (left panels) and
-    excess risk (right panels), one pair per n/d; sgd as a horizontal reference."""
+    excess risk (right panels), one row per n/d; sgd as a horizontal reference."""
     ratios = sorted(table["n_over_d"].unique())
-    fig, axes = new_figure(2 * len(ratios))
+    fig, grid = new_grid(len(ratios), 2, width=4.2, height=3.2)
     kfac = table[table["algorithm"] == "kfac"]
     sgd = table[table["algorithm"] == "sgd"]
-    for index, ratio in enumerate(ratios):
-        align_ax, risk_ax = axes[2 * index], axes[2 * index + 1]
+    reference_style = {**method_style("sgd"), "linestyle": "-.", "marker": None}
+    for (align_ax, risk_ax), ratio in zip(grid, ratios, strict=True):
         panel = kfac[kfac["n_over_d"] == ratio]
         for ax, column in ((align_ax, "spike_align_beta"), (risk_ax, "excess_risk")):
-            median_band(ax, panel, x="damping", y=column, by="algorithm", marker="o")
+            median_band(ax, panel, x="damping", y=column, by="algorithm")
             reference = sgd[sgd["n_over_d"] == ratio][column].median()
             if reference == reference:
-                ax.axhline(reference, color="#1f77b4", linestyle="-.", label="sgd (median)")
+                ax.axhline(reference, label="SGD (median)", **reference_style)
             ax.set_xscale("log")
             ax.set_xlabel("damping λG")
             ax.set_title(
                 f"n/d = {ratio:g}, κ = {', '.join(f'{k:g}' for k in panel['kappa'].unique())}"
             )
-        _theory(align_ax, panel, "damping", "theory (v)")
+        _theory(align_ax, panel, "damping", "theory cos(v, β⋆), damped")
         align_ax.set_ylim(0, 1.02)
         align_ax.set_ylabel("cos(spike, β⋆)")
         risk_ax.set_yscale("log")
         risk_ax.set_ylabel("excess test risk")
-        align_ax.legend(fontsize=7)
-        risk_ax.legend(fontsize=7)
+    legend_outside(grid[0][-1], axes=[ax for row in grid for ax in row])
     return fig
