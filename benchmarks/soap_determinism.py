@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m benchmarks.soap_determinism [--quick] [--json OUT] [--rounds R]
+    python -m benchmarks.soap_determinism [--quick] [--json OUT] [--rounds R] [--no-peers]
+        [--sections sensitivity,refresh] [--threads N]
 
 The tanh MLP 10 -> 16 -> 16 -> 3 (cross-entropy, float64, batch 32, lr 1e-2) is trained 12
 steps from one initialization on one data stream, three ways per candidate:
@@ -335,10 +336,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--rounds", type=int, help="timed rounds of the refresh (default 7)")
     parser.add_argument("--no-peers", action="store_true", help="leave the peer libraries out")
+    parser.add_argument("--sections", default="sensitivity,refresh", help="comma-separated")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     steps = 3 if args.quick else STEPS
     rounds = args.rounds or (2 if args.quick else 7)
-    rows, missing = sensitivity(steps, peers=not args.no_peers)
+    sections = set(args.sections.split(","))
+    if unknown := sections - {"sensitivity", "refresh"}:
+        parser.error(f"unknown sections {sorted(unknown)} (sensitivity, refresh)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows, missing = (
+        sensitivity(steps, peers=not args.no_peers) if "sensitivity" in sections else ([], [])
+    )
     report = {
         "setting": {
             "widths": list(WIDTHS),
@@ -351,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "rows": rows,
         "missing": missing,
-        "refresh": refresh_cost(rounds, args.quick),
+        "refresh": refresh_cost(rounds, args.quick) if "refresh" in sections else [],
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

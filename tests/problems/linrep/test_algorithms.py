@@ -17,8 +17,8 @@ from layerwise.problems.linrep.driver import (
     simulate,
     tune_step_size,
 )
+from layerwise.problems.linrep.methods import METHOD_MODELS
 from layerwise.problems.linrep.settings import (
-    METHOD_MODELS,
     KfacParams,
     LinrepSettings,
     SgdParams,

@@ -8,7 +8,8 @@ import torch
 from layerwise.problems.linrep.algorithms import Kfac
 from layerwise.problems.linrep.data import BatchStream, make_instance
 from layerwise.problems.linrep.driver import build_method, iterations_to_eps, simulate
-from layerwise.problems.linrep.settings import KfacParams, LibraryParams, LinrepSettings
+from layerwise.problems.linrep.methods import METHOD_MODELS
+from layerwise.problems.linrep.settings import KfacParams, LinrepSettings
 
 optim = pytest.importorskip("layerwise.optim", reason="layerwise.optim is not available")
 if not hasattr(optim, "KFAC"):
@@ -56,7 +57,8 @@ def test_library_rows_run_and_learn_on_the_isotropic_problem(algorithm, lr, opti
     # ask for a clear improvement (from about 0.9 to 0.1), not for eps = 1e-3.
     s = LinrepSettings(d=8, k=2, dy=3, n=32, kappa_x=1, iterations=120, eps=0.1)
     inst = make_instance(s, (0, 1))
-    method = build_method(algorithm, LibraryParams(lr=lr, options=options), inst, [lr])
+    params = METHOD_MODELS[algorithm](lr=lr, options=options)
+    method = build_method(algorithm, params, inst, [lr])
     trace = simulate(s, inst, method)
     _, censored = iterations_to_eps(trace, s.iterations)
     assert not trace.diverged.any()

@@ -280,13 +280,3 @@ class Batchnorm(Method):
         self.state["var"] = (1 - m) * self.state["var"] + m * var * n / max(n - 1, 1)
         self.state["G"] = self.features - self.lr * grad_g
         self.state["F"] = self.head - self.lr * grad_f
-
-
-ALGORITHMS: dict[str, type[Method]] = {
-    "sgd": Sgd,
-    "amd": Amd,
-    "dfw": Dfw,
-    "kfac": Kfac,
-    "adam": Adam,
-    "batchnorm": Batchnorm,
-}

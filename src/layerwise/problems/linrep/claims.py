@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from layerwise.experiments.registry import Claim, Verdict, combine_parts
+from layerwise.problems.linrep.methods import of_family
 
 SLOPE_FLAT = 0.1
 SLOPE_LINEAR = 0.7
@@ -74,6 +75,15 @@ def _slope_of(rows: pd.DataFrame, by: str, minimum: float = 0.0) -> tuple[float,
     return loglog_slope(medians.index, medians.values), evidence
 
 
+def kappa_slope(
+    rows: pd.DataFrame, varying: str, fixed: str, minimum: float = 0.0
+) -> tuple[float, dict]:
+    """The κ slope of C1/C2: log-log slope of the median iterations to ε against ``varying``
+    (``kappa_x`` or ``kappa_f``) over ``varying`` >= ``minimum``, with ``fixed`` at its smallest
+    value (NaN without two values); evidence: the medians, censored seeds and step sizes."""
+    return _slope_of(_sweep(rows, varying, fixed), varying, minimum)
+
+
 def decide_c1(table: pd.DataFrame) -> Verdict:
     rows = table[(table["algorithm"] == "kfac") & ~table["lr_tuned"] & (table["lr"] < 1.0)]
     if rows.empty:
@@ -81,10 +91,9 @@ def decide_c1(table: pd.DataFrame) -> Verdict:
     evidence, holds = {}, True
     for (label, lr), group in rows.groupby(["method", "lr"]):
         for varying, fixed in (("kappa_x", "kappa_f"), ("kappa_f", "kappa_x")):
-            sweep = _sweep(group, varying, fixed)
-            if sweep.empty:
+            slope, points = kappa_slope(group, varying, fixed)
+            if math.isnan(slope):
                 continue
-            slope, points = _slope_of(sweep, varying)
             evidence[f"{label} (lr={lr:g}) vs {varying}"] = {"slope": slope, **points}
             holds &= bool(abs(slope) <= SLOPE_FLAT)
     if not evidence:
@@ -107,8 +116,7 @@ def _c2_part(table: pd.DataFrame, varying: str, fixed: str, minimum: float, thre
         if rows.empty:
             missing.append(f"no {algorithm} rows (not among the methods)")
         for label, group in rows.groupby("method"):
-            sweep = _sweep(group, varying, fixed)
-            slope, points = _slope_of(sweep, varying, minimum)
+            slope, points = kappa_slope(group, varying, fixed, minimum)
             if math.isnan(slope):
                 at = group[group[fixed] == group[fixed].min()]
                 above = f" >= {minimum:g}" if minimum else ""
@@ -162,7 +170,7 @@ def decide_c3(table: pd.DataFrame) -> Verdict:
 
 def decide_c4(table: pd.DataFrame) -> Verdict:
     kfac = table[table["algorithm"] == "kfac"]
-    second = table[table["algorithm"].isin(["gauss_newton", "newton"])]
+    second = table[table["algorithm"].isin(of_family("second_order"))]
     if kfac.empty or second.empty:
         return _undecided("needs kfac and second-order rows")
     evidence, worse_everywhere = {}, True

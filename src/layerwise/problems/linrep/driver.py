@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel
 
 from layerwise.experiments.progress import iteration_bar
-from layerwise.problems.linrep.algorithms import ALGORITHMS, Method
+from layerwise.problems.linrep.algorithms import Method
 from layerwise.problems.linrep.data import (
     DTYPE,
     BatchStream,
@@ -32,9 +32,9 @@ from layerwise.problems.linrep.data import (
     make_instance,
     transfer_set,
 )
-from layerwise.problems.linrep.library import LIBRARY_ALGORITHMS, LibraryMethod
+from layerwise.problems.linrep.methods import at_damping
+from layerwise.problems.linrep.methods import method as registered
 from layerwise.problems.linrep.metrics import squared_loss, subspace_distance, transfer_excess_risk
-from layerwise.problems.linrep.second_order import SecondOrder
 from layerwise.problems.linrep.settings import TUNING_SEED_OFFSET, LinrepSettings
 
 #: A replica whose end-to-end map F G exceeds this norm has diverged (‖F⋆G⋆‖₂ ≤ 1).
@@ -47,17 +47,15 @@ METRICS = ("distance_fro", "train_loss", "heldout_loss", "transfer_risk")
 def build_method(
     algorithm: str, params: BaseModel, instance: Instance, lr: Iterable[float], damping: float = 0.0
 ) -> Method:
-    """Instantiate ``algorithm`` with step sizes ``lr`` (one replica each) on ``instance``."""
+    """Instantiate ``algorithm`` (a name of :data:`~layerwise.problems.linrep.methods.METHODS`)
+    with step sizes ``lr`` (one replica each) on ``instance``; ``damping``: the value of a
+    second-order method's damping grid this run uses."""
+    entry = registered(algorithm)
+    if entry.damping_grid:
+        params = at_damping(params, damping)
     device = instance.features.device
     lr_tensor = torch.tensor(list(lr), dtype=DTYPE, device=device).reshape(-1, 1, 1, 1)
-    g0, f0 = instance.init_features, instance.init_head
-    if algorithm in LIBRARY_ALGORITHMS:
-        return LibraryMethod(algorithm, params, g0, f0, lr_tensor)
-    if algorithm in ("gauss_newton", "newton"):
-        return SecondOrder(g0, f0, lr_tensor, damping=damping, exact_hessian=algorithm == "newton")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown linrep algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
-    return ALGORITHMS[algorithm](g0, f0, lr_tensor, params)
+    return entry.constructor(instance.init_features, instance.init_head, lr_tensor, params)
 
 
 #: ``(algorithm, params, instance, step sizes, damping) -> Method``: how a problem that reuses

@@ -13,8 +13,9 @@ from layerwise.experiments.registry import (
     register_experiment,
     register_problem,
 )
-from layerwise.problems.linrep import claims, figures, run
-from layerwise.problems.linrep.settings import METHOD_MODELS, LinrepSettings, check_method
+from layerwise.problems.linrep import claims, figures, kappa_free, run
+from layerwise.problems.linrep.methods import METHOD_MODELS
+from layerwise.problems.linrep.settings import LinrepSettings, check_method
 
 #: All seeds of a method go in one run (the algorithms are vectorized over seeds).
 SEEDS_PER_RUN = 1000
@@ -107,4 +108,15 @@ SECOND_ORDER = _experiment(
     "Median iterations to ε of damped Gauss–Newton and Newton against the damping μ, one panel per"
     " κ(Σx), with kfac's medians as horizontal lines: the second-order curves above kfac's lines, "
     "or missing points (failures), mean they underperform.",
+)
+LAYERWISE = _experiment(
+    "linrep-layerwise",
+    "Iterations to dist <= eps against κ(Σx) and κ(F⋆) for the library optimizers (Shampoo, "
+    "SOAP, Muon exact and amortized, KFAC, EKFAC) with sgd and kfac as anchors.",
+    kappa_free.run_layerwise,
+    (kappa_free.C14, kappa_free.C18),
+    kappa_free.figure,
+    "Median iterations to ε (band: interquartile range, dotted grey line: the budget) against "
+    "κ(Σx) at the smallest κF (left) and against κF at the smallest κ(Σx) (right), one line per "
+    "method at its tuned step size: a flat line is κ-free like kfac, a rising one slows like sgd.",
 )

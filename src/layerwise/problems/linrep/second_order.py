@@ -24,6 +24,7 @@ from torch import Tensor
 
 from layerwise.problems.linrep.algorithms import Method, gradients
 from layerwise.problems.linrep.data import Batch
+from layerwise.problems.linrep.settings import SecondOrderParams
 
 
 def _kron(a: Tensor, b: Tensor) -> Tensor:
@@ -57,12 +58,20 @@ def curvature(features: Tensor, head: Tensor, batch: Batch, *, exact_hessian: bo
 
 
 class SecondOrder(Method):
-    """Damped Gauss–Newton (``exact_hessian=False``) or damped Newton (``True``) on (F, G)."""
+    """Damped Gauss–Newton (``exact_hessian = False``) or damped Newton (``True``) on (F, G),
+    at the one damping value of ``params.damping`` (the run function splits a damping grid
+    into one run per value)."""
 
-    def __init__(self, init_features, init_head, lr, *, damping: float, exact_hessian: bool):
+    exact_hessian: bool = False
+
+    def __init__(self, init_features, init_head, lr, params: SecondOrderParams):
         super().__init__(init_features, init_head, lr)
-        self.damping = damping
-        self.exact_hessian = exact_hessian
+        if len(params.damping) != 1:
+            raise ValueError(
+                f"one damping value per run, got damping={params.damping!r} "
+                "(the run function gives each value its own run)"
+            )
+        self.damping = params.damping[0]
         self._remember_initial()
 
     def step(self, batch: Batch) -> None:
@@ -79,3 +88,15 @@ class SecondOrder(Method):
         self.state["F"] = f - direction[..., :size_f].reshape(f.shape)
         self.state["G"] = g - direction[..., size_f:].reshape(g.shape)
         self.failed = info != 0
+
+
+class GaussNewton(SecondOrder):
+    """Damped Gauss–Newton: the GGN blocks only."""
+
+    exact_hessian = False
+
+
+class Newton(SecondOrder):
+    """Damped Newton: the GGN plus the residual term of the FG block."""
+
+    exact_hessian = True

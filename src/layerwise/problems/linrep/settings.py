@@ -205,12 +205,13 @@ class SecondOrderParams(BaseModel):
 class LibraryParams(_Params):
     """A ``layerwise.optim`` optimizer on the ``nn.Module`` version of the model.
 
-    ``options`` are passed to the optimizer's constructor unchanged. ``lr_grid`` (exponents
-    (lo, hi)) replaces the settings' tuning grid for this method: these rows step one module per
-    seed and step size, so a narrower grid keeps their tuning affordable.
+    The base of each optimizer's parameters (:mod:`layerwise.problems.linrep.library`), which
+    add ``options``: the optimizer's constructor keywords, typed from its signature.
+    ``lr_grid`` (exponents (lo, hi)) replaces the settings' tuning grid for this method: these
+    rows step one module per seed and step size, so a narrower grid keeps their tuning
+    affordable.
     """
 
-    options: dict[str, float | int | bool | str] = Field(default_factory=dict)
     lr_grid: tuple[int, int] | None = None
 
     @field_validator("lr_grid")
@@ -219,22 +220,6 @@ class LibraryParams(_Params):
         if value is not None and value[0] > value[1]:
             raise ValueError(f"lr_grid must be (lo, hi) with lo <= hi, got {value!r}")
         return value
-
-
-METHOD_MODELS: dict[str, type[BaseModel]] = {
-    "sgd": SgdParams,
-    "amd": AmdParams,
-    "dfw": DfwParams,
-    "kfac": KfacParams,
-    "adam": AdamParams,
-    "batchnorm": BatchnormParams,
-    "gauss_newton": SecondOrderParams,
-    "newton": SecondOrderParams,
-    "library_kfac": LibraryParams,
-    "shampoo": LibraryParams,
-    "soap": LibraryParams,
-    "muon": LibraryParams,
-}
 
 
 def has_enough_samples(settings: LinrepSettings, algorithm: str) -> bool:
