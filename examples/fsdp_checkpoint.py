@@ -11,8 +11,8 @@ stopped. ``--fail-at STEP`` makes the first attempt crash after that many steps,
 resume, by hand (start the job again) or by torchrun (``--max-restarts 1``: it restarts the
 workers in the same job). The process group is initialized under a key prefix of its own per
 attempt (:func:`init_group`): torchrun's workers share the agent's store across restarts, and
-gloo's ranks could otherwise read the addresses the previous attempt's ranks left there (seen as
-"Connection refused" or a hang in 3 of 8 restarts here).
+without the prefix a restarted rank presumably reads an address the failed attempt left there:
+3 of 3 restarts here failed ("Connection refused", or a hang), none of 6 with the prefix.
 
 The batches depend only on the step index, so a resumed run sees the same data.
 """
