@@ -7,11 +7,15 @@ switches it off; or a ``ProcessGroup``. It is resolved when the optimizer is con
 
 - Shampoo, SOAP and Muon see the gradients DDP has all-reduced, so every rank computes the
   same step without communication of their own.
-- KFAC's factors come from each rank's local activations and output gradients: on statistics
-  steps the factor increments of all layers are all-reduced as one flat buffer per dtype
-  (:func:`all_reduce_coalesced`), weighted by the rows (``A``) and samples (``B``) each rank
-  contributed, before they are folded into the EMA. With equal local batch sizes this is the
-  plain average, and the factors equal the single-process factors of the global batch.
+- KFAC's factors come from each rank's local activations and output gradients, averaged
+  across the ranks weighted by the rows (``A``) and samples (``B``) each contributed. Each
+  rank folds its own share into a pending sum and the ranks add them up only when the
+  factors are read, before a refresh and in ``state_dict()`` (:mod:`layerwise.optim.factor_sync`;
+  per statistics step only the weights are all-reduced). With equal local batch sizes the
+  factors equal the single-process factors of the global batch.
+- Misuse fails alike on every rank: a model that differs across ranks at construction
+  (:func:`check_same_on_every_rank`), an optimizer constructed before ``init_process_group``
+  at its first step (:meth:`Distributed.check_still_valid`).
 - ``distributed="split"``: each block's refresh (inverse root, Cholesky, eigenbasis; Muon's
   Newton–Schulz) runs on one rank, chosen by :func:`assign_owners`, and its result is
   broadcast (:func:`broadcast_coalesced`), so every rank keeps the same state.
