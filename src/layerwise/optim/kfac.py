@@ -155,8 +155,9 @@ class KFAC(LayerwiseOptimizer):
             of keeping the previous inverse.
         process_group, distributed: data-parallel training (``model`` may be the
             ``DistributedDataParallel`` wrapper): the factor increments are averaged across
-            the group on statistics steps; ``mc_fisher`` seeds ``seed + rank``
-            (:mod:`layerwise.optim.distributed`).
+            the group, each rank's share summed only when the factors are read (a refresh,
+            ``state_dict()``, which is then a collective); ``mc_fisher`` seeds
+            ``seed + rank`` (:mod:`layerwise.optim.distributed`).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(),
