@@ -115,6 +115,18 @@ METHODS: dict[str, MethodLook] = {
     "pytorch_optimizer_shampoo": MethodLook("Shampoo (pytorch-optimizer)", "shampoo", "v", "--"),
 }
 
+# Damping variants (single-index-damping, single-index-layerwise): one marker per value.
+for _method in ("kfac", "shampoo"):
+    for _damping, _marker, _linestyle in zip(
+        ("1e-4", "1e-3", "1e-2", "1e-1", "1"),
+        ("v", "^", "s", "D", "P"),
+        ("--", "-.", ":", "--", "-."),
+        strict=True,
+    ):
+        METHODS[f"{_method}_{_damping}"] = MethodLook(
+            f"{METHODS[_method].name}, λ = {_damping}", _method, _marker, _linestyle
+        )
+
 #: Readable names of the grid values and other identifiers that figures show.
 VALUE_NAMES: dict[str, str] = {
     "axis_aligned": "axis-aligned Σx",
@@ -191,8 +203,8 @@ def _look(label: str) -> MethodLook:
         base = METHODS.get(split[0])
         family = base.family if base is not None else split[0]
         # Variants of a known method keep its family's colour and get their own marker.
-        marker = _MARKERS[1 + _stable_index(label, len(_MARKERS) - 1)]
-        linestyle = _LINESTYLES[1 + _stable_index(label, len(_LINESTYLES) - 1)]
+        pairs = [(m, ls) for m in _MARKERS[1:] for ls in _LINESTYLES[1:]]
+        marker, linestyle = pairs[_stable_index(label, len(pairs))]
         return MethodLook(display_name(label), family, marker, linestyle)
     marker = _MARKERS[_stable_index(label, len(_MARKERS))]
     return MethodLook(display_name(label), f"other:{label}", marker, ":")
