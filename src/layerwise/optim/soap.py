@@ -15,7 +15,10 @@ than ``max_preconditioner_dim`` (or has dimension 1).
 
 The composition: :class:`~layerwise.optim.statistics.GradientProducts` x EMA x
 :class:`~layerwise.optim.transforms.EigenbasisAdam`. Bases come from ``eigh`` (float64 retry);
-exact mode (``exact=True``) recomputes them at every step. ``basis_refresh="power_qr"`` refreshes
+inside degenerate eigenspaces (the null space of early, rank-deficient statistics) they are the
+basis closest to the previous one (:func:`~layerwise.optim.matrix.stable_eigenbasis`), so that
+round-off does not choose them and runs agree across world sizes and batch splits. Exact mode
+(``exact=True``) recomputes them at every step. ``basis_refresh="power_qr"`` refreshes
 them as the reference implementation does, by one power-iteration step and a QR from the
 previous basis (:class:`~layerwise.optim.transforms.BasisRefresh`). Where this departs from the
 reference: by default the bases are exact eigenbases, and they come from the first step's
