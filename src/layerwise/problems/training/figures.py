@@ -49,7 +49,9 @@ def curves(table):
     rows = claims.reported(table)
     goal = claims.target(table)
     fig, (by_step, by_time) = plots.new_figure(2, width=5.0, height=4.0)
-    for index, (method, group) in enumerate(rows.groupby("method", sort=False)):
+    # By display name, so that a peer follows ours of the same method in the legend.
+    groups = sorted(rows.groupby("method"), key=lambda item: plots.display_name(item[0]).lower())
+    for index, (method, group) in enumerate(groups):
         diverged = group.groupby("seed")["diverged"].any().sum()
         label = plots.display_name(method) + (f" ({diverged} diverged)" if diverged else "")
         style = plots.method_style(method)
