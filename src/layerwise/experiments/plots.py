@@ -316,7 +316,8 @@ def theory_line(
     """Draw a theory prediction in the next unused style of :data:`THEORY_STYLES` on ``ax``.
 
     ``label`` is its legend entry (the formula's name); ``annotate`` writes that text at the
-    line's right end as well (a direct label, for figures with several theory lines).
+    line's right end as well, just above it (a direct label, for figures with several theory
+    lines).
     """
     drawn = sum(1 for line in ax.get_lines() if line.get_gid() == THEORY_GID)
     look = {"linewidth": 1.2, **THEORY_STYLES[drawn % len(THEORY_STYLES)]}
@@ -328,12 +329,12 @@ def theory_line(
             ax.annotate(
                 annotate,
                 (xs[-1], ys[-1]),
-                xytext=(3, 0),
+                xytext=(-8, 3),  # above the line, left of its end (clear of the end markers)
                 textcoords="offset points",
                 fontsize=LEGEND_FONTSIZE,
                 color=look["color"],
-                va="center",
-                ha="left",
+                va="bottom",
+                ha="right",
                 annotation_clip=False,
             )
 
