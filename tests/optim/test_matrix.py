@@ -305,6 +305,16 @@ def test_rank_deficient_overlap_is_completed_canonically():
         torch.testing.assert_close(chosen, q[:, :2], atol=1e-15, rtol=0)
 
 
+def test_diagonal_statistic_with_zeros_gives_the_permutation_in_order():
+    """A diagonal statistic whose zeros come first (dead inputs of a KFAC factor): every
+    overlap with the identity's slot is zero; the distinct entries become +e_j, and the null
+    space's slots take e_0, e_1, ... in order (the canonical completion, several at once)."""
+    values = torch.cat([torch.zeros(5), torch.linspace(2.0, 1.0, 7)]).double()
+    q = matrix.stable_eigenbasis(torch.diag(values))
+    expected = torch.eye(12, dtype=torch.float64)[:, [*range(5, 12), *range(5)]]
+    torch.testing.assert_close(q, expected, atol=0, rtol=0)
+
+
 def test_eigenvalue_clusters_are_runs_of_small_gaps():
     values = torch.tensor(
         [4.0, 2.0, 2.0 - 1e-15, 2.0 - 2e-15, 1.0, 0.0, 1e-16], dtype=torch.float64

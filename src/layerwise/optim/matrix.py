@@ -229,20 +229,38 @@ def _gram_schmidt_in_order(columns: Tensor) -> Tensor:
     squared norms sum to d. Hence while a subspace T' of T of dimension d' >= 1 is left, some
     projection onto it has squared norm >= d'/m >= 1/m, and as residuals only shrink as the
     kept set grows, the first such column was kept when it came: one pass finds all d.
+
+    The residual norms of all columns are kept up to date (one product per kept column), so
+    the next kept column is found in one vectorized search: O(d² m), d searches.
     """
     d, m = columns.shape
     kept = columns.new_zeros(d, 0)
     threshold = 0.5 / m
-    for index in range(m):
+    remaining = columns.square().sum(dim=0)  # squared residual norms, updated as columns join
+    start = 0
+    while kept.shape[-1] < d:
+        above = torch.nonzero(remaining[start:] > threshold).flatten()
+        if above.numel() == 0:
+            raise DecompositionError(f"canonical basis: found {kept.shape[-1]} of {d} directions")
+        index = start + int(above[0])
         residual = columns[:, index]
         for _ in range(2):  # "twice is enough" (Kahan–Parlett) for orthogonality to round-off
             residual = residual - kept @ (kept.mT @ residual)
-        squared = float(residual @ residual)
-        if squared > threshold:
-            kept = torch.cat([kept, (residual / squared**0.5).unsqueeze(-1)], dim=-1)
-            if kept.shape[-1] == d:
-                return kept
-    raise DecompositionError(f"canonical basis: found {kept.shape[-1]} of {d} directions")
+        direction = residual / residual.norm()
+        kept = torch.cat([kept, direction.unsqueeze(-1)], dim=-1)
+        remaining = remaining - (direction @ columns).square()
+        start = index + 1
+    return kept
+
+
+def _canonical_signs(vectors: Tensor, candidates: Tensor) -> Tensor:
+    """:func:`closest_subspace_basis` for single vectors orthogonal to their target, all at
+    once: each vector's sign makes its overlap with the first of the ``candidates`` columns
+    whose squared overlap exceeds 1/(2n) positive (:func:`_gram_schmidt_in_order` with d = 1)."""
+    overlaps = vectors.mT @ candidates  # (s, n)
+    first = (overlaps.square() > 0.5 / candidates.shape[-1]).to(torch.int8).argmax(dim=-1)
+    chosen = overlaps.gather(-1, first.unsqueeze(-1)).squeeze(-1)
+    return vectors * torch.where(chosen < 0, -1.0, 1.0).to(vectors.dtype)
 
 
 def _closest_by_complement(complement: Tensor, target: Tensor) -> Tensor | None:
@@ -384,11 +402,18 @@ def stable_eigenbasis(
     eigenvectors = eigenvectors * torch.where(overlaps < 0, -1.0, 1.0).to(eigenvectors.dtype)
     scale = float(eigenvalues.abs().max())
     tolerance = cluster_tolerance * n**0.5 * torch.finfo(eigenvalues.dtype).eps * scale
-    orthogonal = set(torch.nonzero(overlaps.abs() <= _rank_floor(a.dtype)).flatten().tolist())
-    for start, stop in eigenvalue_clusters(eigenvalues, tolerance=tolerance):
-        if stop - start == 1 and start not in orthogonal:
-            continue
+    orthogonal = overlaps.abs() <= _rank_floor(a.dtype)
+    clusters = eigenvalue_clusters(eigenvalues, tolerance=tolerance)
+    singletons = torch.tensor([start for start, stop in clusters if stop - start == 1])
+    if singletons.numel():
+        singletons = singletons.to(a.device)
+        lone = singletons[orthogonal[singletons]]
+        if lone.numel():
+            eigenvectors[:, lone] = _canonical_signs(eigenvectors[:, lone], reference)
+    for start, stop in clusters:
         size = stop - start
+        if size == 1:
+            continue
         complement = None
         if n - size < size:  # a large (null) cluster: the product with its complement is cheaper
             complement = torch.cat([eigenvectors[:, :start], eigenvectors[:, stop:]], dim=-1)
