@@ -381,8 +381,10 @@ def stable_eigenbasis(
     new eigenspaces allow. The result is a function of the eigenspaces and the reference only:
     perturbing ``a`` by δ moves it by :math:`O(\delta / \text{gap})` (gaps between clusters)
     instead of O(1). Well-separated eigenvectors are left as ``eigh`` returns them, up to sign.
-    Costs one SVD of :math:`k \times k` and a product :math:`n \times k \times k` per cluster
-    (none for distinct eigenvalues) after the ``eigh``.
+    After the ``eigh`` it costs one pass over the eigenvectors (the signs), and per cluster of
+    size k an SVD of :math:`k \times k` and a product :math:`n \times k \times k`, or, for a
+    cluster larger than the rest (the null space of a statistic of rank r = n - k), products
+    of O(n k r) and an r x r ``eigh``.
 
     >>> q = stable_eigenbasis(torch.diag(torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64)))
     >>> q
