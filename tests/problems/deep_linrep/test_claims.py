@@ -114,3 +114,21 @@ def test_registered_with_its_claim_and_caption():
     assert experiment.problem == "deep_linrep"
     assert [c.id for c in experiment.claims] == ["C16"]
     assert experiment.claims[0].rule and set(experiment.captions) == set(experiment.figures)
+
+
+def test_kappa_figure_has_a_panel_per_depth_and_the_stable_theory_lines():
+    from layerwise.problems.deep_linrep.figures import kappa
+
+    fig = kappa(_table())
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title()[:5] for ax in axes] == ["L = 2", "L = 4"]
+    theory = [
+        [line.get_label() for line in ax.get_lines() if "log ε" in line.get_label()] for ax in axes
+    ]
+    # η = ½ is below 2/3 at L = 2 but not below 2/5 at L = 4; η = 1 (tuned) never gets a line.
+    assert theory == [
+        ["log ε / log(1 − η), η = 0.125", "log ε / log(1 − η), η = 0.5"],
+        ["log ε / log(1 − η), η = 0.125"],
+    ]
+    assert fig.legends or axes[-1].get_legend() is not None
+    plt.close(fig)
