@@ -26,9 +26,7 @@ from layerwise.experiments.plots import (
     theory_line,
 )
 from layerwise.problems.linrep import theory
-
-#: Algorithms of layerwise.optim (``library_kfac``, ``library_ekfac``, ...) run on the model.
-_LIBRARY_OPTIMIZERS = ("shampoo", "soap", "muon")
+from layerwise.problems.linrep.methods import of_family
 
 #: Horizontal spread of the methods' points around a grid value (see median_band's dodge).
 _DODGE = 0.03
@@ -87,7 +85,7 @@ def trajectories(table: pd.DataFrame) -> Figure:
     panels for the paper's methods, one for the library optimizers (with the paper's SGD and
     KFAC as references), each row with its own legend."""
     algorithm = table["algorithm"].astype(str)
-    library = algorithm.str.startswith("library_") | algorithm.isin(_LIBRARY_OPTIMIZERS)
+    library = algorithm.isin(of_family("library"))  # layerwise.optim on the nn.Module
     references = table["method"].isin(["sgd", "kfac"])
     rows = [("the paper's methods", table[~library])]
     if library.any():
@@ -209,7 +207,7 @@ def second_order(table: pd.DataFrame) -> Figure:
     names = _legend_names(table)
     for ax, value in zip(axes, kappas, strict=True):
         rows = table[table["kappa_x"] == value]
-        second = rows[rows["algorithm"].isin(["gauss_newton", "newton"])]
+        second = rows[rows["algorithm"].isin(of_family("second_order"))]
         _band(ax, second, "damping", "iterations_to_eps", names=names, dodge=_DODGE)
         references = rows[rows["algorithm"] == "kfac"]
         dampings = np.sort(second["damping"].unique()) if not second.empty else np.array([1.0])
