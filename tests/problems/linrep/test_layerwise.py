@@ -253,14 +253,18 @@ def test_missing_or_never_converging_methods_are_undecided():
 def test_layerwise_figure_has_one_line_per_method_in_each_sweep():
     import matplotlib.pyplot as plt
 
+    from layerwise.experiments.plots import display_name
+    from layerwise.problems.linrep import figures
+
     table = _table(dict.fromkeys(ALL, FLAT) | {"sgd": SGD, "kfac": FLAT})
-    fig = kappa_free.figure(table)
+    fig = figures.layerwise(table)
     left, right = fig.axes[:2]
     for ax in (left, right):
         labels = {line.get_label() for line in ax.get_lines()}
-        assert sum(any(label.startswith(f"{m} (") for label in labels) for m in ALL) == len(ALL)
+        # Legend text: the display name and the tuned step size of the synthetic rows.
+        assert {f"{display_name(m)}, tuned η = 0.01" for m in ALL} <= labels
     # The sgd line rises with κ(Σx): its last median is about 1000 times its first.
-    (sgd,) = [line for line in left.get_lines() if line.get_label().startswith("sgd (")]
+    (sgd,) = [line for line in left.get_lines() if line.get_label() == "SGD, tuned η = 0.01"]
     y = sgd.get_ydata()
     assert y[-1] / y[0] == pytest.approx(1000, rel=0.05)
     plt.close(fig)

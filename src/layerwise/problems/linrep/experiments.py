@@ -115,7 +115,7 @@ LAYERWISE = _experiment(
     "SOAP, Muon exact and amortized, KFAC, EKFAC) with sgd and kfac as anchors.",
     kappa_free.run_layerwise,
     (kappa_free.C14, kappa_free.C18),
-    kappa_free.figure,
+    figures.layerwise,
     "Median iterations to ε (band: interquartile range, dotted grey line: the budget) against "
     "κ(Σx) at the smallest κF (left) and against κF at the smallest κ(Σx) (right), one line per "
     "method at its tuned step size: a flat line is κ-free like kfac, a rising one slows like sgd.",

@@ -234,3 +234,24 @@ def second_order(table: pd.DataFrame) -> Figure:
         ax.set_title(f"κ(Σx) = {value:g}")
     legend_outside(axes[-1], axes=axes)
     return fig
+
+
+def layerwise(table: pd.DataFrame) -> Figure:
+    """C14/C18: iterations to ε against κ(Σx) (κF smallest) and against κF (κ(Σx) smallest),
+    one line per method (library optimizers, exact and amortized, with the paper's sgd and
+    kfac), the budget labelled; a flat line is κ-free like kfac, a rising one slows like sgd."""
+    fig, axes = new_figure(2, width=5.0)
+    names = _legend_names(table)
+    for ax, (varying, fixed, xlabel) in zip(
+        axes,
+        (("kappa_x", "kappa_f", "κ(Σx)"), ("kappa_f", "kappa_x", "κ(F⋆)")),
+        strict=True,
+    ):
+        rows = table[table[fixed] == table[fixed].min()]
+        if rows[varying].nunique() < 2:
+            ax.set_title(f"fewer than two {xlabel} values")
+            continue
+        _iterations_vs(ax, rows, varying, xlabel, names)
+    legend_outside(axes[-1], axes=axes)
+    fig.suptitle("layer-wise optimizers in linrep (median, IQR over seeds)")
+    return fig

@@ -6,7 +6,7 @@ optimizers (Shampoo, SOAP, Muon in their exact and amortized modes, KFAC and EKF
 mode) with the paper's sgd and kfac as anchors. Each method label's slopes are those of C1/C2
 (:func:`~layerwise.problems.linrep.claims.kappa_slope`: log-log slope of the median over seeds,
 a censored seed counted as the budget), and each label is classified against C1's and C2's
-thresholds:
+thresholds (figure: :func:`layerwise.problems.linrep.figures.layerwise`):
 
 - **κ-free** (like KFAC): |slope| ≤ ``SLOPE_FLAT`` against every κ swept;
 - **slows like SGD**: slope ≥ ``SLOPE_LINEAR`` against κ(Σx) or ≥ ``SLOPE_KAPPA_F`` against κF;
@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from layerwise.experiments.plots import median_band, new_figure
 from layerwise.experiments.registry import Claim, RunTask, Verdict, combine_parts
 from layerwise.problems.linrep.claims import (
     SLOPE_FLAT,
@@ -184,42 +181,6 @@ def decide_c18(table: pd.DataFrame) -> Verdict:
         label: classify(rows, label) for label, rows in _labels(table, ("library_kfac",)).items()
     }
     return _with_context(deciding, context | _anchors(table))
-
-
-#: Markers of the figure: exact modes (and the paper's algorithms) against amortized ones.
-MARKERS = {"exact": "o", "paper": "D", "amortized": "s"}
-
-
-def figure(table: pd.DataFrame) -> Figure:
-    """Median iterations to ε (IQR band) against κ(Σx) at the smallest κF and against κF at
-    the smallest κ(Σx), one line per method label (its tuned step sizes in the legend), the
-    budget as a dotted grey line: the evidence of C14 and C18."""
-    fig, axes = new_figure(2, width=5.5)
-    panels = (("kappa_x", "kappa_f", "κ(Σx)"), ("kappa_f", "kappa_x", "κ(F⋆)"))
-    for ax, (varying, fixed, xlabel) in zip(axes, panels, strict=True):
-        rows = table[table[fixed] == table[fixed].min()]
-        if rows[varying].nunique() < 2:
-            ax.set_title(f"fewer than two {varying} values")
-            continue
-        for label, group in rows.groupby("method"):
-            # One label at a time, so that its line gets our legend text whatever names the
-            # plotting helper gives (the label, its step sizes and its mode's marker).
-            lines = len(ax.get_lines())
-            marker = MARKERS.get(str(group["mode"].iloc[0]), "o")
-            median_band(ax, group, x=varying, y="iterations_to_eps", marker=marker)
-            step_sizes = "/".join(f"{v:g}" for v in sorted(set(group["lr"])))
-            ax.get_lines()[lines].set_label(f"{label} (lr {step_sizes})")
-        values = np.unique(rows[varying].to_numpy(dtype=float))
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(values, [f"{v:g}" for v in values])
-        ax.set_xticks([], minor=True)
-        ax.axhline(rows["budget"].max(), color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xlabel(f"{xlabel} ({fixed} = {rows[fixed].min():g})")
-        ax.set_ylabel("iterations to ε (censored = budget)")
-        ax.legend(fontsize=5.0, framealpha=0.6)
-    fig.suptitle("layer-wise optimizers: iterations to ε (median, IQR over seeds)")
-    return fig
 
 
 _CLASSES = (
