@@ -82,11 +82,13 @@ SOAP_ROUND_OFF_GAP = 1e-7
 RANK_CASES = [
     {"name": "soap", "optimizer": "soap", "knobs": {"lr": 1e-2}},
     {"name": "kfac_mc_fisher", "optimizer": "kfac", "knobs": {"curvature": "mc_fisher"}},
+    # eigh refreshes at steps 1 and 3; the split sends no second moment after an eigh refresh.
+    {"name": "soap_every_2", "optimizer": "soap", "knobs": {"lr": 1e-2, "refresh_every": 2}},
 ]
 #: distributed="split": each block's refresh (Muon: Newton–Schulz) on one rank, broadcast.
 SPLIT_CASES = [
     {**case, "name": case["name"] + "_split", "distributed": "split"}
-    for case in [*EXACT_CASES[:4], EXACT_CASES[-1], RANK_CASES[0]]
+    for case in [*EXACT_CASES[:4], EXACT_CASES[-1], RANK_CASES[0], *RANK_CASES[2:]]
 ]
 #: A singular factor in exact mode: the failure policy raises on both ranks (no hang).
 FAILING = {

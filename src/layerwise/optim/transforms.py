@@ -282,7 +282,12 @@ class EigenbasisAdam(Transform):
         state[EIGENBASIS_READY] = True
 
     def refreshed_keys(self, state: dict[str, Any]) -> list[str]:
-        return [*super().refreshed_keys(state), EIGENBASIS_EXP_AVG_SQ]
+        # Only a power-QR refresh reorders the second moment; after an eigh refresh it is the
+        # same on every rank as before, and a third of the split's broadcast is saved.
+        keys = super().refreshed_keys(state)
+        if self.basis_refresh is BasisRefresh.POWER_QR:
+            keys.append(EIGENBASIS_EXP_AVG_SQ)
+        return keys
 
     def adopt_refresh(self, state: dict[str, Any]) -> None:
         state.pop(EIGENBASIS_EXP_AVG, None)
