@@ -1,7 +1,8 @@
 """Figure of ``deep-linrep-kappa``, drawn from the stored table only.
 
 One panel per depth L: median iterations to ε (band: interquartile range over seeds) against
-κ(Σx) per method, the budget dotted, and for each fixed kfac step size η below the stability
+κ(Σx) (``kappa``, κF at its smallest value) or κF (``kappa_f``, κ(Σx) smallest) per method, the
+budget dotted, and for each fixed kfac step size η below the stability
 bound 2/(L + 1) the prediction ``log ε / log|1 − η|`` of :mod:`.theory` (statement 1) as a
 theory line. The conventions (display names, one colour per family, legend outside) are
 :mod:`layerwise.experiments.plots`'.
@@ -25,16 +26,16 @@ from layerwise.problems.deep_linrep.theory import largest_stable_step
 from layerwise.problems.linrep.theory import kfac_iterations_to_eps
 
 
-def kappa(table: pd.DataFrame) -> Figure:
+def _iterations_against(table: pd.DataFrame, varying: str, fixed: str, name: str) -> Figure:
     depths = sorted(int(v) for v in table["depth"].unique())
     fig, axes = new_figure(len(depths), width=4.2)
     eps = float(table["eps"].iloc[0])
     for ax, depth in zip(axes, depths, strict=True):
-        rows = table[(table["depth"] == depth) & (table["kappa_f"] == table["kappa_f"].min())]
-        median_band(ax, rows, x="kappa_x", y="iterations_to_eps")
-        grid = np.sort(rows["kappa_x"].unique())
-        fixed = rows[rows["algorithm"].isin(GAUSS_NEWTON) & ~rows["lr_tuned"]]
-        for lr in sorted(fixed["lr"].unique()):
+        rows = table[(table["depth"] == depth) & (table[fixed] == table[fixed].min())]
+        median_band(ax, rows, x=varying, y="iterations_to_eps")
+        grid = np.sort(rows[varying].unique())
+        fixed_step = rows[rows["algorithm"].isin(GAUSS_NEWTON) & ~rows["lr_tuned"]]
+        for lr in sorted(fixed_step["lr"].unique()):
             if lr < largest_stable_step(depth):
                 value = kfac_iterations_to_eps(float(lr), eps)
                 theory_line(
@@ -45,8 +46,18 @@ def kappa(table: pd.DataFrame) -> Figure:
         budget_line(ax, float(rows["budget"].max()))
         ax.set_xticks(grid, [f"{v:g}" for v in grid])
         ax.set_xticks([], minor=True)
-        ax.set_xlabel("κ(Σx)")
+        ax.set_xlabel(name)
         ax.set_ylabel("iterations to ε (censored = budget)")
         ax.set_title(f"L = {depth}: y = F G_{depth}⋯G_1 x")
     legend_outside(axes[-1], axes=axes)
     return fig
+
+
+def kappa(table: pd.DataFrame) -> Figure:
+    """Iterations to ε against κ(Σx), κF at its smallest value."""
+    return _iterations_against(table, "kappa_x", "kappa_f", "κ(Σx)")
+
+
+def kappa_f(table: pd.DataFrame) -> Figure:
+    """Iterations to ε against κF, κ(Σx) at its smallest value."""
+    return _iterations_against(table, "kappa_f", "kappa_x", "κF = κ(F⋆)")
