@@ -363,7 +363,7 @@ def resolve_config(
         label: _validate_method(problem, label, params, source)
         for label, params in config.methods.items()
     }
-    _check_limits(source, experiment, problem, points.values(), methods, config.seeds)
+    _check_limits(source, experiment, points.values(), methods, config.seeds)
     if problem.check_method is not None:
         for point in points.values():
             for label, spec in methods.items():
@@ -444,7 +444,7 @@ def _validate_method(
     return spec
 
 
-def _check_limits(source, experiment, problem, points, methods, seeds) -> None:
+def _check_limits(source, experiment, points, methods, seeds) -> None:
     """Refuse a config whose runs would not fit: too many runs, or a run too large for memory."""
     points = list(points)
     method_groups = len(methods) if experiment.split_methods else 1
@@ -453,7 +453,7 @@ def _check_limits(source, experiment, problem, points, methods, seeds) -> None:
     if too_many:
         raise ConfigError(source, "seeds", too_many)
     for point in points:
-        too_large = limits.memory_problem(problem.name, point.settings)
+        too_large = limits.memory_problem(point.settings)
         if too_large:
             where = ", ".join(f"{k}={v!r}" for k, v in point.values.items())
             path = f"settings (grid point {where})" if where else "settings"

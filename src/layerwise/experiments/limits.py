@@ -97,7 +97,7 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
-def memory_problem(problem: str, settings: BaseModel) -> str | None:
+def memory_problem(settings: BaseModel) -> str | None:
     """Why one run of ``settings`` would not fit in this machine's memory, or None.
 
     The estimate is the settings model's ``memory_bytes()`` (each problem's own arrays); a
