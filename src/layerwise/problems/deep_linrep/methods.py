@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional
 
 from layerwise import optim
-from layerwise.optim.matrix import DecompositionError
-from layerwise.problems.linrep.algorithms import Method
+from layerwise.problems.linrep.algorithms import Method, adam_direction
 from layerwise.problems.linrep.data import Batch
+from layerwise.problems.linrep.library import step_each
 
 
 def layer_name(index: int) -> str:
@@ -191,13 +190,7 @@ class Adam(DeepMethod):
         self._remember_initial()
 
     def _moment_step(self, name: str, grad: Tensor) -> Tensor:
-        """``m̂ / (√v̂ + ε)`` after updating the moments of ``name`` with ``grad``."""
-        p = self.params
-        m = self.state["m" + name].mul_(p.beta1).add_(grad, alpha=1 - p.beta1)
-        v = self.state["v" + name].mul_(p.beta2).addcmul_(grad, grad, value=1 - p.beta2)
-        m_hat = m / (1 - p.beta1**self.count)
-        v_hat = v / (1 - p.beta2**self.count)
-        return m_hat / (v_hat.sqrt() + p.eps)
+        return adam_direction(self.state, name, grad, self.count, self.params)
 
     def step(self, batch: Batch) -> None:
         self.count += 1
@@ -240,16 +233,7 @@ class LibraryKfac(DeepMethod):
     def step(self, batch: Batch) -> None:
         failed = torch.zeros_like(self.failed)
         names = [layer_name(i + 1) for i in range(self.depth)] + ["F"]
-        for index, (model, optimizer) in enumerate(zip(self.models, self.optimizers, strict=True)):
-            r, s = divmod(index, self.seeds)
-            if self._skip[r, s]:
-                continue
-            optimizer.zero_grad()
-            functional.mse_loss(model(batch.x[s]), batch.y[s]).backward()
-            try:
-                optimizer.step()
-            except (DecompositionError, torch.linalg.LinAlgError):
-                failed[r, s] = True
+        for r, s, model in step_each(self.models, self.optimizers, batch, self._skip, failed):
             for name, module in zip(names, model, strict=True):
                 self.state[name][r, s] = module.weight.detach()
         self.failed = failed

@@ -187,6 +187,18 @@ class Kfac(Method):
         self.failed = (info != 0) | (info_left != 0)
 
 
+def adam_direction(
+    state: dict[str, Tensor], name: str, grad: Tensor, count: int, params: AdamParams
+) -> Tensor:
+    """``m̂ / (√v̂ + ε)`` for ``state[name]`` after its moments ``state["m" + name]`` and
+    ``state["v" + name]`` take in ``grad`` (in place); ``count``: steps taken, this one included."""
+    m = state["m" + name].mul_(params.beta1).add_(grad, alpha=1 - params.beta1)
+    v = state["v" + name].mul_(params.beta2).addcmul_(grad, grad, value=1 - params.beta2)
+    m_hat = m / (1 - params.beta1**count)
+    v_hat = v / (1 - params.beta2**count)
+    return m_hat / (v_hat.sqrt() + params.eps)
+
+
 class Adam(Method):
     """Adam (Kingma & Ba 2015) with bias correction, per entry:
 
@@ -206,12 +218,8 @@ class Adam(Method):
         self._remember_initial()
 
     def _adam(self, name: str, grad: Tensor) -> None:
-        p = self.params
-        m = self.state["m" + name].mul_(p.beta1).add_(grad, alpha=1 - p.beta1)
-        v = self.state["v" + name].mul_(p.beta2).addcmul_(grad, grad, value=1 - p.beta2)
-        m_hat = m / (1 - p.beta1**self.count)
-        v_hat = v / (1 - p.beta2**self.count)
-        self.state[name] = self.state[name] - self.lr * m_hat / (v_hat.sqrt() + p.eps)
+        direction = adam_direction(self.state, name, grad, self.count, self.params)
+        self.state[name] = self.state[name] - self.lr * direction
 
     def step(self, batch: Batch) -> None:
         self.count += 1

@@ -27,7 +27,7 @@ validated, so a bad option never reaches a run.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
@@ -211,6 +211,30 @@ class MuonParams(LibraryParams):
     options: MuonOptions = Field(default_factory=MuonOptions)
 
 
+def step_each(
+    models: Sequence[nn.Module],
+    optimizers: Sequence[torch.optim.Optimizer],
+    batch: Batch,
+    skip: Tensor | None,
+    failed: Tensor,
+) -> Iterator[tuple[int, int, nn.Module]]:
+    """One step of each (replica r, seed s) module, in row-major order, on ``mse_loss`` of its
+    seed's batch; yields ``(r, s, model)`` after each. Modules marked in ``skip`` (R, S) are
+    left alone; a failed decomposition marks ``failed[r, s]``."""
+    seeds = failed.shape[1]
+    for index, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
+        r, s = divmod(index, seeds)
+        if skip is not None and skip[r, s]:
+            continue
+        optimizer.zero_grad()
+        functional.mse_loss(model(batch.x[s]), batch.y[s]).backward()
+        try:
+            optimizer.step()
+        except (DecompositionError, torch.linalg.LinAlgError):
+            failed[r, s] = True
+        yield r, s, model
+
+
 class LibraryMethod(Method):
     """A library optimizer per (replica, seed); state tensors mirror the modules' weights."""
 
@@ -229,16 +253,7 @@ class LibraryMethod(Method):
 
     def step(self, batch: Batch) -> None:
         failed = torch.zeros_like(self.failed)
-        for index, (model, optimizer) in enumerate(zip(self.models, self.optimizers, strict=True)):
-            r, s = divmod(index, self.seeds)
-            if self._skip is not None and self._skip[r, s]:
-                continue
-            optimizer.zero_grad()
-            functional.mse_loss(model(batch.x[s]), batch.y[s]).backward()
-            try:
-                optimizer.step()
-            except (DecompositionError, torch.linalg.LinAlgError):
-                failed[r, s] = True
+        for r, s, model in step_each(self.models, self.optimizers, batch, self._skip, failed):
             self.state["G"][r, s] = model[0].weight.detach()
             self.state["F"][r, s] = model[1].weight.detach()
         self.failed = failed
