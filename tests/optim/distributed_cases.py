@@ -5,7 +5,9 @@ a single process on the whole batches, or as one rank of a ``DistributedDataPara
 its slice of each batch (``"wrapper": "fsdp"``: sharded by FSDP2's ``fully_shard``), and
 returns the parameters after every step; ``"resume"`` (``"state_dict"`` or ``"dcp"``) saves
 model and optimizer after ``"resume_at"`` steps and continues from a fresh model and optimizer
-that load them. :func:`worker` is the
+that load them; ``"rank0_saves_at"`` has rank 0 alone save model and optimizer to memory after
+that many steps (the other ranks go on), ``"wait_every_step"`` has every rank call
+``optimizer.state_dict()`` after every step. :func:`worker` is the
 spawned process: it runs several cases per spawn (spawning is slow) and writes the results
 to a file for the parent to compare.
 """
@@ -33,6 +35,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn import functional as F
 
 from layerwise.optim import KFAC, SOAP, Muon, Shampoo
+from layerwise.optim.kronecker import STATISTIC_KEYS
 
 STEPS = 4
 BATCH = 16
@@ -131,9 +134,12 @@ def train_case(case: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str,
     optimizer = make_optimizer(case, trained if case.get("wrapped", True) else model)
     micro = case.get("micro_batches", 1)
     history, losses = [], []
+    result: dict[str, Any] = {}
     for index, (x, y) in enumerate(batches()):
         if "resume" in case and index == case["resume_at"]:
             model, trained, optimizer = _resume(case, model, optimizer, world)
+        if case.get("rank0_saves_at") == index and rank == 0:
+            result["saved_factors"] = _save_alone(model, optimizer)
         x = x.to(dtype)
         local = BATCH // world
         x, y = x[rank * local : (rank + 1) * local], y[rank * local : (rank + 1) * local]
@@ -149,11 +155,28 @@ def train_case(case: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str,
                 loss.backward()
             losses.append(float(loss.detach()))
         optimizer.step()
+        if case.get("wait_every_step"):
+            optimizer.state_dict()
         history.append([_full(p) for p in model.parameters()])
-    result: dict[str, Any] = {"params": history, "losses": losses}
+    result.update(params=history, losses=losses)
     if case.get("keep_state"):
         result["state_dict"] = optimizer.state_dict()
     return result
+
+
+def _save_alone(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[tuple[int, str], Any]:
+    """What one rank alone saves (``torch.save`` of model and optimizer to memory, as
+    ``if rank == 0: torch.save(...)``): the factors read back from it."""
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)["optimizer"]["state"]
+    return {
+        (index, key): state[key]
+        for index, state in saved.items()
+        for key in STATISTIC_KEYS
+        if key in state
+    }
 
 
 class _nothing:

@@ -36,30 +36,36 @@ EXACT_CASES = [
     },
     {"name": "ekfac", "optimizer": "kfac", "knobs": {"ekfac": True, "lr": 1e-2}},
 ]
-#: KFAC's factors summed across ranks only when they are read (refreshes every 3 steps; the
-#: EMA, ``latest``, statistics every 2 steps): the single-process run to 1e-10.
-DEFERRED_CASES = [
-    {"name": "kfac_deferred", "optimizer": "kfac", "knobs": {"refresh_every": 3}},
+#: KFAC's factor all-reduce in flight between steps, folded at the next step or before a
+#: refresh (refreshes every 3 steps; the EMA, ``latest``, statistics every 2 steps): the
+#: single-process run to 1e-10.
+OVERLAP_CASES = [
+    {"name": "kfac_overlap", "optimizer": "kfac", "knobs": {"refresh_every": 3}},
     {
-        "name": "kfac_deferred_latest",
+        "name": "kfac_overlap_latest",
         "optimizer": "kfac",
         "knobs": {"refresh_every": 3, "accumulation": "latest", "damping": 1e-2},
     },
     {
-        "name": "kfac_deferred_every_2",
+        "name": "kfac_overlap_every_2",
         "optimizer": "kfac",
         # statistics at steps 1 and 3, refreshes at 1 and 4 (of a step without statistics)
         "knobs": {"refresh_every": 3, "statistics_every": 2, "statistics_decay": 0.5},
     },
 ]
-#: A checkpoint (``state_dict()``) between refreshes folds the pending factor sums early: the
-#: continuation equals the uninterrupted run to round-off, not bit for bit.
-DEFERRED_RESUME = {
-    **DEFERRED_CASES[0],
-    "name": "kfac_deferred_resume",
+#: Bit for bit the uninterrupted overlapped run: a checkpoint (``state_dict()`` on every rank)
+#: between refreshes, resumed; rank 0 alone saving between steps while the other rank goes on
+#: (no collective in ``state_dict()``: no hang, no mismatched collectives); every rank waiting
+#: right after every step (the synchronous every-step reduction).
+OVERLAP_RESUME = {
+    **OVERLAP_CASES[0],
+    "name": "kfac_overlap_resume",
     "resume": "state_dict",
     "resume_at": 2,
 }
+RANK0_SAVES = {**OVERLAP_CASES[0], "name": "kfac_rank0_saves", "rank0_saves_at": 2}
+WAIT_EVERY_STEP = {**OVERLAP_CASES[0], "name": "kfac_wait_every_step", "wait_every_step": True}
+SAME_AS_OVERLAP = [OVERLAP_RESUME, RANK0_SAVES, WAIT_EVERY_STEP]
 #: SOAP's eigenbases are functions of its statistics (issue 12, matrix.stable_eigenbasis): with
 #: Adam's eps at 1e-4 it equals the single process to 1e-10, replicated and split.
 SOAP_EXACT_CASES = [
@@ -156,7 +162,7 @@ FSDP_REFUSED = {
 }
 FSDP_CASES = [*FSDP_EXACT_CASES, FSDP_SOAP, *RESUME_CASES]
 CASES = EXACT_CASES + RANK_CASES + FLOAT32_CASES + SPLIT_CASES + FSDP_CASES + SOAP_EXACT_CASES
-CASES += [*DEFERRED_CASES, DEFERRED_RESUME]
+CASES += [*OVERLAP_CASES, *SAME_AS_OVERLAP]
 
 
 def _spawn(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -203,7 +209,7 @@ def test_ranks_are_bit_identical(ranks: list[dict[str, Any]], case: dict[str, An
 
 
 @pytest.mark.parametrize(
-    "case", EXACT_CASES + DEFERRED_CASES, ids=[c["name"] for c in EXACT_CASES + DEFERRED_CASES]
+    "case", EXACT_CASES + OVERLAP_CASES, ids=[c["name"] for c in EXACT_CASES + OVERLAP_CASES]
 )
 def test_ddp_equals_one_process(ranks: list[dict[str, Any]], case: dict[str, Any]) -> None:
     alone = train_case({k: v for k, v in case.items() if k != "micro_batches"})
@@ -244,11 +250,22 @@ def test_split_equals_replicated(ranks: list[dict[str, Any]], case: dict[str, An
     assert _max_gap(split, replicated) <= 1e-12
 
 
-def test_checkpoint_between_refreshes_resumes_to_round_off(ranks: list[dict[str, Any]]) -> None:
-    resumed = ranks[0][DEFERRED_RESUME["name"]]["params"]
-    assert _max_gap(resumed, ranks[0][DEFERRED_CASES[0]["name"]]["params"]) < 1e-10
-    alone = train_case(_without(DEFERRED_RESUME, "resume", "resume_at"))
-    assert _max_gap(resumed, alone["params"]) < 1e-10
+@pytest.mark.parametrize("case", SAME_AS_OVERLAP, ids=[c["name"] for c in SAME_AS_OVERLAP])
+def test_state_dict_between_steps_changes_nothing(
+    ranks: list[dict[str, Any]], case: dict[str, Any]
+) -> None:
+    uninterrupted = ranks[0][OVERLAP_CASES[0]["name"]]["params"]
+    assert _max_gap(ranks[0][case["name"]]["params"], uninterrupted) == 0.0
+    assert _max_gap(ranks[1][case["name"]]["params"], uninterrupted) == 0.0
+
+
+def test_rank0_alone_saves_the_folded_factors(ranks: list[dict[str, Any]]) -> None:
+    saved = ranks[0][RANK0_SAVES["name"]]["saved_factors"]
+    assert "saved_factors" not in ranks[1][RANK0_SAVES["name"]]
+    alone = train_case(RANK0_SAVES)["saved_factors"]  # one process, the same 2 steps
+    assert saved.keys() == alone.keys() and len(saved) == 6  # A and B of three layers
+    for key, factor in alone.items():
+        assert float((saved[key] - factor).abs().max()) < 1e-10 * float(factor.abs().max()), key
 
 
 def test_split_failure_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:

@@ -156,8 +156,8 @@ def state_bytes(optimizers: Iterable[torch.optim.Optimizer]) -> int:
     for optimizer in optimizers:
         visit(list(optimizer.state.values()))
         source = getattr(optimizer, "_source", None)
-        if isinstance(source, GradientSource):  # KFAC's pending factor sums under a group
-            visit(source.deferred_tensors())
+        if isinstance(source, GradientSource):  # KFAC's factor all-reduce in flight
+            visit(source.in_flight_tensors())
     return total
 
 
@@ -304,7 +304,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         # torch.optim keeps only defaults, state and groups: a copy also needs its statistics
-        # source (KFAC's hooks, re-registered on the copied model); caches start empty.
+        # source (KFAC's hooks, re-registered on the copied model); caches start empty. KFAC's
+        # factor all-reduce in flight is folded first (a local wait), so the copy's are complete.
+        self._source.synchronize()
         state = super().__getstate__()
         state.update(
             _knobs=self._knobs,
@@ -364,10 +366,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """As ``torch.optim.Optimizer.state_dict``. Under a process group KFAC first folds
-        every rank's pending factor sums into the factors (:mod:`layerwise.optim.factor_sync`),
-        so the checkpoint holds the global factors: then it is a collective, to be called on
-        every rank (as ``torch.distributed.checkpoint`` does), not on rank 0 alone."""
+        """As ``torch.optim.Optimizer.state_dict``. Under a process group KFAC first waits for
+        its factor all-reduce in flight and folds it (:mod:`layerwise.optim.factor_sync`), so
+        the checkpoint holds the global factors; the wait is local, not a collective: rank 0
+        alone may call it (``if rank == 0: torch.save(...)``), or every rank (DCP)."""
         self._source.synchronize()
         state = super().state_dict()
         state.update(self._source.state_dict())
@@ -377,6 +379,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """As ``torch.optim.Optimizer.load_state_dict``. Checkpoints of earlier versions keep
         loading: knobs added since take their defaults, renamed knobs and state keys are
         migrated, enum values are stored as plain strings."""
+        self._source.synchronize()  # nothing in flight folds into the loaded factors afterwards
         state_dict = dict(state_dict)
         extra = {k: state_dict.pop(k) for k in list(state_dict) if k not in _TORCH_ENTRIES}
         super().load_state_dict(state_dict)
@@ -433,6 +436,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         try:
+            # KFAC's factor all-reduce of the last step (in flight during the forward and
+            # backward pass) is folded before this step's increments.
+            self._source.synchronize()
             self._step()
         finally:
             self._full_grads = {}
@@ -502,10 +508,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         workspace = self._workspaces.setdefault(id(group), Workspace())
         prepared_blocks = [self._prepare(parts, block) for block in blocks]
         pending = [p for p in prepared_blocks if isinstance(p, _Prepared)]
-        # The factors of the refreshing blocks are read now: every rank's share folded in.
-        refreshing = [b.key for b, p in zip(blocks, prepared_blocks, strict=True) if _refreshes(p)]
-        if refreshing:
-            self._source.synchronize(refreshing)
+        # The factors are read now: this step's all-reduce of KFAC's increments folded in.
+        if any(_refreshes(p) for p in prepared_blocks):
+            self._source.synchronize()
         self._refresh(parts, [p for p in pending if p.refresh])
         if not transform.batches:
             extra = {"workspace": workspace} if transform.uses_workspace else {}

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from layerwise.optim.distributed import Distributed, all_reduce_coalesced
-from layerwise.optim.factor_sync import DeferredFactors
+from layerwise.optim.factor_sync import FactorReduction, Key, Share
 from layerwise.optim.kfac_attention import (
     AttentionProjections,
     cross_attention_modules,
@@ -53,6 +53,7 @@ from layerwise.optim.kronecker import (
     SideLayout,
     accumulate_increment,
     accumulation_weights,
+    statistics_dtype,
 )
 
 
@@ -178,10 +179,10 @@ class GradientSource:
     def step_done(self) -> None:
         """Nothing is kept between steps."""
 
-    def synchronize(self, keys: Sequence[nn.Parameter] | None = None) -> None:
-        """Nothing is deferred: the statistics in the state are always complete."""
+    def synchronize(self) -> None:
+        """Nothing is in flight: the statistics in the state are always complete."""
 
-    def deferred_tensors(self) -> list[Tensor]:
+    def in_flight_tensors(self) -> list[Tensor]:
         """Buffers held outside the optimizer state (none)."""
         return []
 
@@ -323,11 +324,11 @@ class LayerFactorSource(GradientSource):
         self._parts_of = parts_of
         self._state_of = state_of
         self.distributed = distributed if distributed is not None else Distributed()
-        #: Under a process group: this rank's pending factor sums (folded at each statistics
-        #: step, summed across the ranks when the factors are read), and the current step's
-        #: increments with this rank's share of each side (``None``: no rank contributed).
-        self.deferred = DeferredFactors()
-        self._shares: dict[Layer, tuple[list[Any], list[float | None]]] | None = None
+        #: Under a process group: the factor all-reduce launched by the last statistics step,
+        #: folded into the factors when they are next needed (:mod:`layerwise.optim.factor_sync`),
+        #: and whether the current step has launched it.
+        self._reduction: FactorReduction | None = None
+        self._launched = False
         compiled = _compiled(model) or _compiled(inner)
         self.layers, self.attention = _preconditioned_layers(inner, skip_layers, compiled)
         self._layer_of: dict[nn.Parameter, Layer] = {}
@@ -385,8 +386,9 @@ class LayerFactorSource(GradientSource):
         new._groups = copy_of(self._groups, memo)
         new._group_index = copy_of(self._group_index, memo)
         new.distributed = self.distributed
-        new.deferred = copy_of(self.deferred, memo)
-        new._shares = None
+        self.synchronize()  # the copied factors are complete; nothing is in flight in the copy
+        new._reduction = None
+        new._launched = False
         new.generator = torch.Generator(device=self.generator.device)
         new.generator.set_state(self.generator.get_state())
         new.capture = CurvatureCapture(
@@ -496,21 +498,23 @@ class LayerFactorSource(GradientSource):
     def _fold_share(
         self, layer: Layer, state: dict[str, Any], layout: SideLayout, beta: float, alpha: float
     ) -> bool:
-        r"""Under a process group: fold this rank's share :math:`\alpha\, (w_r / W)\, \Delta_r`
-        of each side into its pending sum (:mod:`layerwise.optim.factor_sync`); the factors in
-        ``state`` change only when they are flushed (:meth:`synchronize`)."""
-        if self._shares is None:
-            self._shares = self._reduced_shares()
-        increments, shares = self._shares.get(layer, ([None, None], [None, None]))
-        if all(share is None for share in shares):
-            return False  # nothing captured on any rank, or only empty batches
+        r"""Under a process group: the step's first call launches the all-reduce of every
+        layer's shares (:mod:`layerwise.optim.factor_sync`); each call registers
+        :math:`S \leftarrow \beta S + \alpha \bar\Delta` for the sides of ``layer``, applied
+        when the reduction is waited on (:meth:`synchronize`)."""
+        if not self._launched:
+            self.synchronize()  # the previous step's folds come first (step() waited already)
+            self._reduction = FactorReduction.launch(self._shares(), self.distributed.group)
+            self._launched = True
+        reduction = self._reduction
+        assert reduction is not None
+        folded = False
         for side, (key, kind) in enumerate(zip(STATISTIC_KEYS, layout, strict=True)):
-            share = shares[side]
-            if kind is Side.NONE or share is None:
-                continue
-            increment = increments[side] if share > 0 else None
-            self.deferred.fold((layer, side), state[key], increment, beta=beta, alpha=alpha * share)
-        return True
+            if kind is Side.NONE or (layer, side) not in reduction.means:
+                continue  # no rank contributed to this side (or only empty batches)
+            reduction.fold_into((layer, side), state[key], beta=beta, alpha=alpha)
+            folded = True
+        return folded
 
     def _samples(self) -> int:
         """The samples the output factors of this step come from (``statistics_batch`` of each
@@ -518,12 +522,13 @@ class LayerFactorSource(GradientSource):
         capture = self.capture
         return sum(capture._samples(capture._batch_sizes[g]) for g in capture._backwarded)
 
-    def _reduced_shares(self) -> dict[Layer, tuple[list[Any], list[float | None]]]:
-        r"""This step's increments of every captured layer and this rank's share
-        :math:`w_r / W` of each side (``A``: the input rows, ``B``: the samples it contributed;
-        ``None`` where :math:`W = 0`). One ``all_reduce`` of three numbers per layer (the two
-        weights and whether this rank captured the layer) whatever was captured, so that a
-        layer captured on some ranks only is refused alike on every rank."""
+    def _shares(self) -> dict[Key, Share]:
+        r"""This step's increment of every side of every captured layer and this rank's weight
+        :math:`w_r / W` of it (``A``: the input rows, ``B``: the samples it contributed; sides
+        where :math:`W = 0` are left out), in the order of the layers. One ``all_reduce`` of
+        three numbers per layer (the two weights and whether this rank captured the layer)
+        whatever was captured, so that a layer captured on some ranks only is refused alike on
+        every rank."""
         samples = self._samples()
         like = self.layers[0].weight
         weights = torch.zeros(len(self.layers), 3, dtype=torch.float64, device=like.device)
@@ -553,39 +558,46 @@ class LayerFactorSource(GradientSource):
                 f"KFAC: the factors of {', '.join(partial)} were captured on some ranks only; "
                 "every rank must run the same model's forward and backward pass before step()"
             )
-        shares: dict[Layer, tuple[list[Any], list[float | None]]] = {}
+        shares: dict[Key, Share] = {}
         for layer, mine, total in zip(self.layers, local, totals, strict=True):
             if total[2] == 0:
                 continue
-            sides = [mine[side] / total[side] if total[side] > 0 else None for side in (0, 1)]
-            shares[layer] = (increments.get(layer, [None, None]), sides)
+            capture = self.capture.capture(layer)
+            assert capture is not None, "every rank captured the layer (checked above)"
+            dtype, device = statistics_dtype(layer.weight.dtype), layer.weight.device
+            for side, (kind, size) in enumerate(
+                zip(capture.kinds, self.block_shape(layer), strict=True)
+            ):
+                if total[side] == 0:
+                    continue
+                weight = mine[side] / total[side]
+                increment = increments[layer][side] if weight > 0 else None
+                shape = {Side.DENSE: (size, size), Side.DIAGONAL: (size,), Side.SCALAR: ()}[kind]
+                shares[(layer, side)] = Share(increment, weight, shape, dtype, device)
         return shares
 
-    def synchronize(self, keys: Sequence[nn.Parameter] | None = None) -> None:
-        r"""Fold every rank's pending sums into the factors of the blocks keyed by ``keys``
-        (every block: ``None``), :math:`S \leftarrow \rho S + \sum_r P_r`, in one
-        ``all_reduce``: a collective, every rank must call it with the same keys."""
-        if not self.distributed.active:
+    def synchronize(self) -> None:
+        r"""Fold the factor all-reduce in flight into the factors,
+        :math:`S \leftarrow \beta S + \alpha \bar\Delta`, once this rank's handle has completed:
+        a local wait, not a collective (a rank may call it alone, as ``state_dict()`` on rank 0).
+        Between steps the reduction is then dropped; within the step that launched it, it is
+        kept for the blocks still to be folded (a refresh waits before later param groups)."""
+        if self._reduction is None:
             return
-        wanted = None if keys is None else set(keys)
-        layers = [layer for layer in self.layers if wanted is None or layer.weight in wanted]
-
-        def factor_of(key: tuple[Layer, int]) -> Tensor:
-            state = self._state_of(key[0].weight)
-            assert state is not None, "a pending factor belongs to a block with state"
-            return state[STATISTIC_KEYS[key[1]]]
-
-        keys_in_order = [(layer, side) for layer in layers for side in (0, 1)]
-        self.deferred.flush(keys_in_order, factor_of, self.distributed.group)
+        self._reduction.wait()
+        if not self._launched:
+            self._reduction = None
 
     def step_done(self) -> None:
-        # Captures belong to one step; nothing of them is needed afterwards (checkpoints).
+        # Captures belong to one step; nothing of them is needed afterwards (checkpoints). The
+        # reduction stays in flight: it overlaps the next forward and backward pass.
         self.capture.clear()
-        self._shares = None
+        self._launched = False
 
-    def deferred_tensors(self) -> list[Tensor]:
-        """This rank's pending factor sums (held outside the optimizer state)."""
-        return self.deferred.tensors()
+    def in_flight_tensors(self) -> list[Tensor]:
+        """The buffers of the factor all-reduce in flight (held outside the optimizer state
+        until the next step)."""
+        return [] if self._reduction is None else list(self._reduction.buffers)
 
     def remove_hooks(self) -> None:
         self.capture.remove()
@@ -594,7 +606,6 @@ class LayerFactorSource(GradientSource):
         return {GENERATOR_STATE: self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.deferred.clear()  # the loaded factors are the global ones
         generator_state = state.get(GENERATOR_STATE)
         if generator_state is not None:
             self.generator.set_state(generator_state)
