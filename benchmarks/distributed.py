@@ -17,12 +17,15 @@ their median reported. Per candidate:
   has no refresh: its Newton–Schulz runs every step and is what ``"split"`` divides);
 - ``split_over_replicate``: the split's step and refresh relative to the replicated ones
   (issue 12's target: refresh <= 0.6 at 2 ranks);
-- ``state_mib``: optimizer state per rank (KFAC: with its pending factor sums);
+- ``state_mib``: optimizer state per rank (KFAC: with the buffers of its factor all-reduce in
+  flight between steps);
   ``droppable_mib``: of it, the refresh inputs (statistics) of the blocks another rank
   refreshes under ``"split"``, what a non-owner could drop (it is kept: see the README);
   ``rank_loads``: each rank's share of the refresh cost model (Σ d³) under the split;
-- KFAC's ``flush_ms``: the summing of the ranks' pending factors before a refresh (part of
-  ``refresh_ms``); KFAC also runs with ``process_group=None`` (rank-local factors, no factor
+- KFAC's ``wait_ms``: per step, the time spent waiting for the factor all-reduce that the
+  last statistics step launched (``async_op=True``, overlapping the forward and backward
+  pass; :mod:`layerwise.optim.factor_sync`) and folding it, at the start of the step and
+  before a refresh; KFAC also runs with ``process_group=None`` (rank-local factors, no factor
   communication): the communication's share of KFAC's step (target <= 10 %);
 - ``--fsdp`` adds FSDP2 rows (``fully_shard`` on every Linear and the root; the gradients of
   each block are gathered whole for the step, see ``layerwise.optim.distributed``).
@@ -134,16 +137,16 @@ class Trained:
         else:
             self.model = nn.parallel.DistributedDataParallel(model)
         self.optimizer = build_optimizer(candidate, self.model, plan.setting.refresh_every)
-        #: Seconds spent summing KFAC's pending factors (the flush before a refresh).
-        self.flush_s = 0.0
+        #: Seconds spent waiting for (and folding) KFAC's factor all-reduce in the last step.
+        self.wait_s = 0.0
         source = getattr(self.optimizer, "_source", None)
         if candidate.method == "kfac" and source is not None:
             synchronize = source.synchronize
 
-            def timed(*args: Any, **kwargs: Any) -> None:
+            def timed() -> None:
                 start = time.perf_counter()
-                synchronize(*args, **kwargs)
-                self.flush_s += time.perf_counter() - start
+                synchronize()
+                self.wait_s += time.perf_counter() - start
 
             source.synchronize = timed
         local = plan.setting.batch // WORLD
@@ -154,9 +157,11 @@ class Trained:
         self.index = 0
 
     def step(self) -> float:
-        """One training step; its local wall time in seconds."""
+        """One training step; its local wall time in seconds (and in :attr:`wait_s`, the
+        time spent waiting for KFAC's factor all-reduce)."""
         x, y = self.batches[self.index % len(self.batches)]
         self.index += 1
+        self.wait_s = 0.0
         start = time.perf_counter()
         loss = F.cross_entropy(self.model(x), y)
         loss.backward()
@@ -167,11 +172,13 @@ class Trained:
 
 def _period(trained: Trained, steps: int) -> list[float]:
     """A refresh period's step times (s), each the slower rank's (the first step refreshes),
-    then the period's flush time (KFAC; the slower rank's)."""
+    then each step's wait for KFAC's factor all-reduce (the slower rank's)."""
     dist.barrier()
-    trained.flush_s = 0.0
-    times = [trained.step() for _ in range(steps)]
-    measured = torch.tensor([*times, trained.flush_s], dtype=torch.float64)
+    times, waits = [], []
+    for _ in range(steps):
+        times.append(trained.step())
+        waits.append(trained.wait_s)
+    measured = torch.tensor([*times, *waits], dtype=torch.float64)
     dist.all_reduce(measured, op=dist.ReduceOp.MAX)
     return measured.tolist()
 
@@ -266,25 +273,37 @@ def run_ranks(plan: Plan) -> dict[str, Any]:
         return torch.load(path, weights_only=False)
 
 
-def _refresh_s(times: list[float]) -> float:
-    steps = times[:-1]  # the last entry is the period's flush time
+def _steps(period: list[float]) -> list[float]:
+    return period[: len(period) // 2]  # then the waits
+
+
+def _waits(period: list[float]) -> list[float]:
+    return period[len(period) // 2 :]
+
+
+def _refresh_s(period: list[float]) -> float:
+    steps = _steps(period)
     return max(steps[0] - statistics.median(steps[1:]), 0.0)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def summarize(raw: dict[str, Any], fsdp: bool = False) -> list[dict[str, Any]]:
     periods = raw["periods"]
-    adamw = [p[:-1] for p in periods["torch AdamW"]]
+    adamw = [_steps(p) for p in periods["torch AdamW"]]
     rows = []
     for candidate in candidates(fsdp):
         mine = periods[candidate.name]
-        steps = [sum(p[:-1]) / len(p[:-1]) for p in mine]
+        steps = [_mean(_steps(p)) for p in mine]
         row: dict[str, Any] = {
             "name": candidate.name,
             "method": candidate.method,
             "mode": candidate.mode,
             "step_ms": 1e3 * statistics.median(steps),
             "ratio_adamw": statistics.median(
-                s / (sum(a) / len(a)) for s, a in zip(steps, adamw, strict=True)
+                s / _mean(a) for s, a in zip(steps, adamw, strict=True)
             ),
             "state_mib": raw["state_mib"][candidate.name],
         }
@@ -295,11 +314,11 @@ def summarize(raw: dict[str, Any], fsdp: bool = False) -> list[dict[str, Any]]:
         if candidate.method not in ("adamw", "muon"):
             row["refresh_ms"] = 1e3 * statistics.median(_refresh_s(p) for p in mine)
         if candidate.method == "kfac" and candidate.mode != "local":
-            row["flush_ms"] = 1e3 * statistics.median(p[-1] for p in mine)
+            row["wait_ms"] = 1e3 * statistics.median(_mean(_waits(p)) for p in mine)
         if candidate.mode in ("split", "local"):
             base = periods[f"{candidate.method} replicate"]
             row["step_over_replicate"] = statistics.median(
-                sum(p[:-1]) / sum(b[:-1]) for p, b in zip(mine, base, strict=True)
+                sum(_steps(p)) / sum(_steps(b)) for p, b in zip(mine, base, strict=True)
             )
             if candidate.mode == "split" and "refresh_ms" in row:
                 ratios = [
@@ -308,14 +327,15 @@ def summarize(raw: dict[str, Any], fsdp: bool = False) -> list[dict[str, Any]]:
                     if _refresh_s(b) > 0
                 ]
                 row["refresh_over_replicate"] = statistics.median(ratios) if ratios else None
-            if candidate.mode == "split" and "flush_ms" in row:
-                # The flush (the same in both modes) taken out: the refresh's own work.
+            if candidate.mode == "split" and "wait_ms" in row:
+                # The refreshing step's wait for the factors (the same in both modes) taken
+                # out: the refresh's own work.
                 ratios = [
-                    (_refresh_s(p) - p[-1]) / (_refresh_s(b) - b[-1])
+                    (_refresh_s(p) - _waits(p)[0]) / (_refresh_s(b) - _waits(b)[0])
                     for p, b in zip(mine, base, strict=True)
-                    if _refresh_s(b) - b[-1] > 0
+                    if _refresh_s(b) - _waits(b)[0] > 0
                 ]
-                row["refresh_over_replicate_without_flush"] = (
+                row["refresh_over_replicate_without_wait"] = (
                     statistics.median(ratios) if ratios else None
                 )
         rows.append(row)
@@ -335,10 +355,10 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "met": value is not None and value <= TARGET_SPLIT_REFRESH,
             }
         )
-    value = by_name["kfac split"].get("refresh_over_replicate_without_flush")
+    value = by_name["kfac split"].get("refresh_over_replicate_without_wait")
     checks.append(
         {
-            "check": "kfac: the same, the factor flush (equal in both) taken out",
+            "check": "kfac: the same, the wait for the factors (equal in both) taken out",
             "value": value,
             "target": f"<= {TARGET_SPLIT_REFRESH}",
             "met": value is not None and value <= TARGET_SPLIT_REFRESH,
@@ -348,7 +368,7 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     share = 1.0 - local  # the replicated step with the all-reduce is the reference
     checks.append(
         {
-            "check": "kfac: factor all-reduce's share of the step",  # now the flush + weights
+            "check": "kfac: factor all-reduce's share of the step",  # overlapped + weights
             "value": share,
             "target": f"<= {TARGET_KFAC_ALL_REDUCE}",
             "met": share <= TARGET_KFAC_ALL_REDUCE,
@@ -363,7 +383,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"## distributed: {WORLD} gloo ranks, width {setting['width']}, "
         f"global batch {setting['batch']}, refresh every {setting['refresh_every']}",
         "",
-        "| candidate | step ms | × AdamW | refresh ms | flush ms | step split/repl | "
+        "| candidate | step ms | × AdamW | refresh ms | wait ms | step split/repl | "
         "refresh split/repl | state MiB/rank | droppable MiB | rank loads |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -374,7 +394,7 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         lines.append(
             f"| {row['name']} | {cell(row['step_ms'], 1)} | {cell(row['ratio_adamw'])} | "
-            f"{cell(row.get('refresh_ms'), 1)} | {cell(row.get('flush_ms'), 1)} | "
+            f"{cell(row.get('refresh_ms'), 1)} | {cell(row.get('wait_ms'), 1)} | "
             f"{cell(row.get('step_over_replicate'))} | "
             f"{cell(row.get('refresh_over_replicate'))} | {cell(row['state_mib'])} | "
             f"{cell(row.get('droppable_mib'))} | "

@@ -28,10 +28,11 @@ def test_quick_run_writes_a_complete_report(tmp_path):
         "shampoo: split refresh / replicated refresh",
         "kfac: factor all-reduce's share of the step",
     }
-    # A period's step times, then its flush time (KFAC's pending factors; 0 for the others).
+    # A period's step times, then each step's wait for KFAC's factor all-reduce (0 for others).
+    steps = report["setting"]["refresh_every"]
     period = report["periods_s"]["torch AdamW"][0]
-    assert len(period) == report["setting"]["refresh_every"] + 1 and period[-1] == 0.0
-    assert rows["kfac replicate"]["flush_ms"] > 0
+    assert len(period) == 2 * steps and period[steps:] == [0.0] * steps
+    assert rows["kfac replicate"]["wait_ms"] > 0
     for method in ("shampoo", "soap", "kfac"):
         split = rows[f"{method} split"]
         assert 0 < split["droppable_mib"] < split["state_mib"]
