@@ -1,10 +1,10 @@
 """The project's figures can be read: names, legends, theory lines, nothing hidden.
 
-Every linrep, single-index, training and mlp figure is drawn from a tiny synthetic table of
-the shape its experiment stores, and checked: legend texts are display names (no raw
-identifier, no underscore), at 8 pt or more, outside every axes' data area; each legend entry
-names an artist with data inside its axes' limits; theory lines on one axes differ in style;
-no two method series on one axes share colour, marker and line style.
+Every linrep, deep-linrep, single-index (one step and many steps), training and mlp figure is
+drawn from a tiny synthetic table of the shape its experiment stores, and checked: legend texts
+are display names (no raw identifier, no underscore), at 8 pt or more, outside every axes' data
+area; each legend entry names an artist with data inside its axes' limits; theory lines on one
+axes differ in style; no two method series on one axes share colour, marker and line style.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from layerwise.experiments import plots
+from layerwise.problems.deep_linrep import figures as deep_linrep_figures
 from layerwise.problems.linrep import figures as linrep_figures
 from layerwise.problems.mlp import figures as mlp_figures
 from layerwise.problems.single_index import figures as single_index_figures
+from layerwise.problems.single_index_many_steps import figures as many_steps_figures
 from layerwise.problems.training import figures as training_figures
 
 CONFIGS = Path(plots.__file__).parents[1] / "configs"
@@ -149,6 +151,54 @@ def trajectories_table() -> pd.DataFrame:
     return _linrep_rows(methods, points, curves)
 
 
+def layerwise_table() -> pd.DataFrame:
+    """linrep-layerwise's labels: the paper's sgd and kfac and the library optimizers."""
+    methods = [
+        ("sgd", "sgd", 0.5, False),
+        ("kfac", "kfac", 1.0, False),
+        ("KFAC", "library_kfac", 1.0, False),
+        ("EKFAC", "library_ekfac", 0.0625, False),
+        ("Shampoo", "shampoo", 0.125, False),
+        ("Shampoo_exact", "shampoo", 0.03125, False),
+        ("SOAP", "soap", 0.0078125, False),
+        ("SOAP_exact", "soap", 0.0078125, False),
+        ("Muon", "muon", 0.015625, False),
+        ("Muon_exact", "muon", 0.015625, False),
+    ]
+
+    def iterations(label, point, seed):
+        base = 3 + sum(map(ord, label)) % 40
+        slope = 0.0 if label in ("kfac", "KFAC", "EKFAC") else 0.5
+        count = base * (point["kappa_x"] * point["kappa_f"] ** 2) ** slope + seed
+        return dict(iterations_to_eps=float(min(count, 300)))
+
+    points = [dict(kappa_x=k, kappa_f=1.0) for k in (1.0, 100.0)]
+    points += [dict(kappa_x=1.0, kappa_f=10.0)]
+    return _linrep_rows(methods, points, iterations, budget=300, eps=3e-2)
+
+
+def deep_linrep_table() -> pd.DataFrame:
+    """deep-linrep-kappa's labels at depths 2 and 4, both sweeps."""
+    methods = [
+        ("sgd", "sgd", 0.5, True),
+        ("adam", "adam", 0.0625, True),
+        ("kfac", "kfac", 1.0, True),
+        ("kfac_quarter", "kfac", 0.25, False),
+        ("kfac_eighth", "kfac", 0.125, False),
+        ("library_kfac_quarter", "library_kfac", 0.25, False),
+    ]
+
+    def iterations(label, point, seed):
+        fixed = {"kfac": 2, "kfac_quarter": 25, "kfac_eighth": 52, "library_kfac_quarter": 26}
+        grows = {"sgd": 40, "adam": 90}
+        count = fixed.get(label) or grows[label] * point["kappa_x"] * point["kappa_f"] ** 2
+        return dict(iterations_to_eps=float(min(count + seed, 3000)))
+
+    points = [dict(depth=L, kappa_x=k, kappa_f=1.0) for L in (2, 4) for k in (1.0, 10.0, 100.0)]
+    points += [dict(depth=L, kappa_x=1.0, kappa_f=3.0) for L in (2, 4)]
+    return _linrep_rows(methods, points, iterations, budget=3000)
+
+
 def _single_index_rows(labels, points, value, seeds=(0, 1, 2)) -> pd.DataFrame:
     rows = []
     for point in points:
@@ -192,6 +242,73 @@ def damping_table() -> pd.DataFrame:
     sgd = [dict(kappa=100.0, n_over_d=r) for r in (0.5, 1.0)]
     rows.append(_single_index_rows([("sgd", "sgd")], sgd, _alignment_values))
     return pd.concat(rows, ignore_index=True)
+
+
+#: single-index-layerwise's labels: (label, algorithm, row alignment with β⋆, with Σβ⋆) at the
+#: largest n/d; every shampoo label's spike is sgd's.
+LAYERWISE_STEP_METHODS = (
+    ("sgd", "sgd", 0.6, 0.95),
+    ("kfac", "kfac", 0.9, 0.6),
+    ("shampoo_1e-4", "shampoo", 0.2, 0.25),
+    ("shampoo_1e-2", "shampoo", 0.4, 0.6),
+    ("shampoo_1", "shampoo", 0.58, 0.93),
+    ("muon", "muon", 0.125, 0.13),
+    ("muon_ns", "muon", 0.14, 0.15),
+)
+
+
+def layerwise_step_table() -> pd.DataFrame:
+    d, rows = 64, []
+    for kappa, ratio, seed in itertools.product((1.0, 100.0), (0.5, 2.0, 8.0), (0, 1, 2)):
+        for label, algorithm, beta, sigma_beta in LAYERWISE_STEP_METHODS:
+            grow = ratio / (1 + ratio)
+            exact_muon = label == "muon"
+            sgd_spike = 0.5 * grow + 0.01 * seed
+            spike = {"kfac": 0.95 * grow, "muon": np.nan}.get(algorithm, sgd_spike)
+            rows.append(
+                dict(
+                    seed=seed,
+                    method=label,
+                    algorithm=algorithm,
+                    kappa=kappa,
+                    n_over_d=ratio,
+                    d=d,
+                    link="tanh",
+                    row_align_beta=beta * grow + 0.01 * seed,
+                    row_align_sigma_beta=sigma_beta * grow + 0.01 * seed,
+                    theory_row_align_beta=d**-0.5 if exact_muon else np.nan,
+                    theory_row_align_sigma_beta=d**-0.5 if exact_muon else np.nan,
+                    spike_align_beta=spike,
+                    theory_align_beta=(0.95 if algorithm == "kfac" else 0.5) * grow
+                    if algorithm != "muon"
+                    else np.nan,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def many_steps_table() -> pd.DataFrame:
+    """single-index-many-steps' labels over recorded steps 1, 10, ..., 40."""
+    finals = {"sgd": 0.55, "kfac": 0.9, "adam": 0.7, "shampoo": 0.6, "soap": 0.3, "muon": 0.2}
+    rows = []
+    for (label, final), kappa, step, seed in itertools.product(
+        finals.items(), (10.0, 100.0), (1, 10, 20, 30, 40), (0, 1)
+    ):
+        value = 0.5 + (final - 0.5) * step / 40 + 0.01 * seed
+        rows.append(
+            dict(
+                seed=seed,
+                method=label,
+                algorithm=label,
+                step=step,
+                d=32,
+                kappa=kappa,
+                link="tanh",
+                spike_align_beta=value,
+                spike_align_sigma_beta=min(1.0, value + 0.2),
+            )
+        )
+    return pd.DataFrame(rows)
 
 
 def training_table() -> pd.DataFrame:
@@ -242,11 +359,18 @@ FIGURES = {
     "linrep-second-order": (linrep_figures.second_order, second_order_table),
     "linrep-transfer": (linrep_figures.transfer, transfer_table),
     "linrep-floor": (linrep_figures.floor, floor_table),
+    "linrep-layerwise": (linrep_figures.layerwise, layerwise_table),
+    "deep-linrep-kappa": (deep_linrep_figures.kappa, deep_linrep_table),
+    "deep-linrep-kappa-f": (deep_linrep_figures.kappa_f, deep_linrep_table),
     "single-index-alignment": (single_index_figures.alignment_figure, alignment_table),
     "single-index-sgd-bias": (single_index_figures.sgd_bias_figure, alignment_table),
     "single-index-risk": (single_index_figures.risk_figure, risk_table),
     "single-index-features": (single_index_figures.feature_alignment_figure, risk_table),
     "single-index-damping": (single_index_figures.damping_figure, damping_table),
+    "single-index-layerwise-row": (single_index_figures.row_alignment_figure, layerwise_step_table),
+    "single-index-layerwise-sigma": (single_index_figures.sigma_beta_figure, layerwise_step_table),
+    "single-index-layerwise-spike": (single_index_figures.spike_figure, layerwise_step_table),
+    "single-index-many-steps": (many_steps_figures.over_steps_figure, many_steps_table),
     "training-curves": (training_figures.curves, training_table),
     "mlp-losses": (mlp_figures.losses, mlp_table),
 }

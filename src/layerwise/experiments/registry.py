@@ -33,6 +33,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "layerwise.problems.linrep.experiments",
     "layerwise.problems.deep_linrep.experiments",
     "layerwise.problems.single_index.experiments",
+    "layerwise.problems.single_index_many_steps.experiments",
     "layerwise.problems.training.experiments",
 )
 

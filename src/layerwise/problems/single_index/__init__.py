@@ -5,7 +5,6 @@ Modules: ``settings`` (validated settings, the methods' hyperparameters, ``check
 ``data`` (instances and batches, from :mod:`layerwise.problems.seeding`), ``methods`` (the
 registry of one-step methods), ``onestep`` (the updates), ``readout``, ``metrics``, ``run``
 (the protocol as tidy rows), ``theory`` (deterministic equivalents), ``claims``, ``figures``
-and ``experiments`` (registration only). ``shampoo_muon`` holds claim C15 with its figures;
-``many_steps`` and ``many_steps_claims`` the many-step variant (problem
-``single_index_many_steps``).
+and ``experiments`` (registration only). The many-step variant (claim C17) is the problem
+:mod:`layerwise.problems.single_index_many_steps`.
 """

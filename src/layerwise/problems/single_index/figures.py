@@ -198,3 +198,85 @@ def damping_figure(table: pd.DataFrame) -> Figure:
         risk_ax.set_ylabel("excess test risk")
     legend_outside(grid[0][-1], axes=[ax for row in grid for ax in row])
     return fig
+
+
+# -- single-index-layerwise (C15): one shampoo or muon step -------------------------------------
+
+
+def _direct_label_left(ax, x: float, y: float, text: str) -> None:
+    """A theory line's direct label at its left end, just above it (for a line whose right end
+    is taken by another line's label)."""
+    ax.annotate(
+        text,
+        (x, y),
+        xytext=(4, 3),
+        textcoords="offset points",
+        fontsize=LEGEND_FONTSIZE,
+        color="#555555",
+        va="bottom",
+        ha="left",
+    )
+
+
+def _row_alignment_panels(table: pd.DataFrame, column: str, target: str) -> Figure:
+    """One panel per κ: the row alignment ``column`` of every method with a step against n/d,
+    the exact muon step's closed form and the chance level 1/√d as theory lines."""
+    kappas = sorted(table["kappa"].unique())
+    fig, axes = new_figure(len(kappas), width=4.2)
+    for ax, kappa in zip(axes, kappas, strict=True):
+        panel = table[(table["kappa"] == kappa) & (table["algorithm"] != "rf")]
+        median_band(ax, panel, x="n_over_d", y=column, dodge=_DODGE)
+        line = panel.groupby("n_over_d")[f"theory_{column}"].median().dropna()
+        if not line.empty:
+            theory_line(
+                ax, line.index, line.values, label="theory, exact Muon", annotate="exact Muon"
+            )
+        chance = panel.groupby("n_over_d")["d"].first() ** -0.5
+        theory_line(ax, chance.index, chance.values, label="chance 1/√d")
+        if not chance.empty:
+            _direct_label_left(ax, chance.index[0], chance.iloc[0], "chance 1/√d")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("n / d")
+        ax.set_ylabel(f"‖ΔW b‖ / (‖ΔW‖F ‖b‖), b = {target}")
+        ax.set_title(f"κ = {kappa:g}")
+    legend_outside(axes[-1], axes=axes)
+    return fig
+
+
+def row_alignment_figure(table: pd.DataFrame) -> Figure:
+    """Row alignment of ΔW with β⋆ against n/d, one panel per κ, every method (C15)."""
+    return _row_alignment_panels(table, "row_align_beta", "β⋆")
+
+
+def sigma_beta_figure(table: pd.DataFrame) -> Figure:
+    """Row alignment of ΔW with Σβ⋆ against n/d, one panel per κ, every method (C15)."""
+    return _row_alignment_panels(table, "row_align_sigma_beta", "Σβ⋆")
+
+
+def spike_figure(table: pd.DataFrame) -> Figure:
+    """Spike alignment cos(u, β⋆) against n/d for the methods whose update has a spike (sgd,
+    kfac, shampoo), one panel per κ, with the sgd and kfac theory lines for v: every shampoo
+    label's spike is exactly sgd's (only its separation σ1/σ2 shrinks with ε); the dodge keeps
+    the coincident points side by side."""
+    rows = table[table["algorithm"].isin(["sgd", "kfac", "shampoo"])]
+    kappas = sorted(rows["kappa"].unique())
+    fig, axes = new_figure(len(kappas), width=4.2)
+    for ax, kappa in zip(axes, kappas, strict=True):
+        panel = rows[rows["kappa"] == kappa]
+        median_band(ax, panel, x="n_over_d", y="spike_align_beta", dodge=_DODGE)
+        for algorithm in ("sgd", "kfac"):
+            line = panel[panel["algorithm"] == algorithm].groupby("n_over_d")["theory_align_beta"]
+            line = line.median().dropna()
+            if not line.empty:
+                name = display_name(algorithm)
+                theory_line(
+                    ax, line.index, line.values, label=f"theory cos(v, β⋆), {name}", annotate=name
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("n / d")
+        ax.set_ylabel("cos(spike, β⋆)")
+        ax.set_title(f"κ = {kappa:g}")
+    legend_outside(axes[-1], axes=axes)
+    return fig

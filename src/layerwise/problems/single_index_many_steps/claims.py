@@ -1,8 +1,8 @@
-"""Claim C17 (many small steps instead of one large one): its decision, claim and figure.
+"""Claim C17 (many small steps instead of one large one), decided from the stored table.
 
 The one-step picture (C9, C10, C13): kfac's spike aligns with β⋆, sgd's with Σβ⋆ (below the
 cap cos(Σβ⋆, β⋆)), adam's lies in between. C17 asks whether that ordering of the spike's
-alignment with β⋆ still holds after T small steps (:mod:`.many_steps`). The shampoo, soap and
+alignment with β⋆ still holds after T small steps (:mod:`.run`). The shampoo, soap and
 muon rows are reported where they fall, not decided on.
 """
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from layerwise.experiments.plots import median_band, new_figure
 from layerwise.experiments.registry import Claim, Verdict, combine_parts
 
 #: kfac's final median spike alignment with β⋆ must exceed sgd's by at least this.
@@ -128,30 +126,3 @@ C17 = Claim(
     f"like kfac / like sgd (within {ALIKE}) / between / below sgd, not decided on.",
     figure="over_steps",
 )
-
-
-def over_steps_figure(table: pd.DataFrame) -> Figure:
-    """Spike alignment of W_t − W0 with β⋆ (the first panels, one per κ) and with Σβ⋆ (the
-    last panels) against the step, every method."""
-    kappas = sorted(table["kappa"].unique())
-    fig, axes = new_figure(2 * len(kappas))
-    for index, kappa in enumerate(kappas):
-        panel = table[table["kappa"] == kappa]
-        for ax, column, target in (
-            (axes[index], "spike_align_beta", "β⋆"),
-            (axes[len(kappas) + index], "spike_align_sigma_beta", "Σβ⋆"),
-        ):
-            median_band(ax, panel, x="step", y=column, marker=".")
-            ax.set_ylim(0, 1.02)
-            ax.set_xlabel("step t")
-            ax.set_ylabel(f"cos(spike of W_t − W0, {target})")
-            ax.set_title(f"κ = {kappa:g}")
-            ax.legend(fontsize=6)
-    return fig
-
-
-CAPTIONS = {
-    "over_steps": "Alignment of the accumulated first-layer update's spike with β⋆ (left "
-    "panels) and Σβ⋆ (right panels) over T small steps (median, IQR over seeds); step 1 is the "
-    "one-step direction of each method.",
-}

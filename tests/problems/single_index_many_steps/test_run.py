@@ -10,28 +10,33 @@ import torch
 from layerwise import optim
 from layerwise.experiments.registry import MethodSpec
 from layerwise.optim.matrix import polar_svd
-from layerwise.problems.single_index import many_steps, onestep
-from layerwise.problems.single_index.data import make_instance
-
-SETTINGS = many_steps.ManyStepsSettings(
-    d=10, n_over_d=3, kappa=20, steps=6, record_every=3, n_test=64
+from layerwise.problems.single_index import onestep
+from layerwise.problems.single_index_many_steps.data import make_instance, step_batches
+from layerwise.problems.single_index_many_steps.methods import batch_loss
+from layerwise.problems.single_index_many_steps.run import run_seeds, train
+from layerwise.problems.single_index_many_steps.settings import (
+    ManyKfacParams,
+    ManySgdParams,
+    ManyStepsSettings,
+    OptimizerParams,
+    check_method,
 )
+
+SETTINGS = ManyStepsSettings(d=10, n_over_d=3, kappa=20, steps=6, record_every=3, n_test=64)
 METHODS = {
-    "sgd": MethodSpec(name="sgd", params=many_steps.ManySgdParams()),
-    "kfac": MethodSpec(name="kfac", params=many_steps.ManyKfacParams(damping=1e-3)),
-    "adam": MethodSpec(name="adam", params=many_steps.OptimizerParams()),
-    "shampoo": MethodSpec(
-        name="shampoo", params=many_steps.OptimizerParams(options={"exact": True})
-    ),
-    "soap": MethodSpec(name="soap", params=many_steps.OptimizerParams()),
-    "muon": MethodSpec(name="muon", params=many_steps.OptimizerParams()),
+    "sgd": MethodSpec(name="sgd", params=ManySgdParams()),
+    "kfac": MethodSpec(name="kfac", params=ManyKfacParams(damping=1e-3)),
+    "adam": MethodSpec(name="adam", params=OptimizerParams()),
+    "shampoo": MethodSpec(name="shampoo", params=OptimizerParams(options={"exact": True})),
+    "soap": MethodSpec(name="soap", params=OptimizerParams()),
+    "muon": MethodSpec(name="muon", params=OptimizerParams()),
 }
 SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    return many_steps.run_seeds(SETTINGS, METHODS, SEEDS)
+    return run_seeds(SETTINGS, METHODS, SEEDS)
 
 
 def test_rows_and_recorded_steps(table):
@@ -41,9 +46,9 @@ def test_rows_and_recorded_steps(table):
 
 
 def test_reproducible_for_a_seed_and_paired_across_methods(table):
-    again = many_steps.run_seeds(SETTINGS, METHODS, SEEDS)
+    again = run_seeds(SETTINGS, METHODS, SEEDS)
     pd.testing.assert_frame_equal(table, again)
-    alone = many_steps.run_seeds(SETTINGS, {"kfac": METHODS["kfac"]}, (1,))
+    alone = run_seeds(SETTINGS, {"kfac": METHODS["kfac"]}, (1,))
     together = table[(table["method"] == "kfac") & (table["seed"] == 1)].reset_index(drop=True)
     pd.testing.assert_frame_equal(together, alone, check_exact=False, rtol=1e-10)
     # Every method saw the same first batch at the same W0: the same loss before step 1.
@@ -61,7 +66,7 @@ def test_first_updates_are_norm_matched_to_sgd(table):
 
 def test_first_step_has_the_one_step_directions():
     instance = make_instance(SETTINGS, SEEDS)
-    x, y = many_steps._batches(SETTINGS, instance)
+    x, y = step_batches(SETTINGS, instance)
     for name, one_step in (
         ("sgd", lambda w, a, xb, yb: onestep.sgd_step(w, a, xb, yb, lr=1.0, activation="tanh")),
         (
@@ -72,9 +77,7 @@ def test_first_step_has_the_one_step_directions():
         ),
     ):
         for s in range(len(SEEDS)):
-            weights, _ = many_steps.train(
-                METHODS[name], SETTINGS, instance.w0[s], instance.a[s], x[s], y[s]
-            )
+            weights, _ = train(METHODS[name], SETTINGS, instance.w0[s], instance.a[s], x[s], y[s])
             moved = weights[1] - instance.w0[s]
             expected = one_step(instance.w0[s : s + 1], instance.a[s : s + 1], x[s, :1], y[s, :1])
             cosine = (moved * expected[0]).sum() / (moved.norm() * expected[0].norm())
@@ -92,28 +95,26 @@ def test_first_step_has_the_one_step_directions():
 
 
 def test_same_batch_policy_reuses_the_first_batch():
-    settings = many_steps.ManyStepsSettings(**{**SETTINGS.model_dump(), "batches": "same"})
-    x, y = many_steps._batches(settings, make_instance(settings, SEEDS))
+    settings = ManyStepsSettings(**{**SETTINGS.model_dump(), "batches": "same"})
+    x, y = step_batches(settings, make_instance(settings, SEEDS))
     assert x.shape[1] == settings.steps and torch.equal(x[:, 0], x[:, -1])
     assert torch.equal(y[:, 0], y[:, -1])
 
 
 def test_settings_refuse_bad_values():
     with pytest.raises(ValueError, match="record_every=7 must be <= steps=6"):
-        many_steps.ManyStepsSettings(steps=6, record_every=7)
+        ManyStepsSettings(steps=6, record_every=7)
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        many_steps.ManyStepsSettings(steps=0, record_every=1)
+        ManyStepsSettings(steps=0, record_every=1)
     with pytest.raises(ValueError, match=r"shampoo: options \{'betas_typo': 1\} refused"):
-        many_steps.check_method(
-            SETTINGS, "shampoo", many_steps.OptimizerParams(options={"betas_typo": 1})
-        )
+        check_method(SETTINGS, "shampoo", OptimizerParams(options={"betas_typo": 1}))
     with pytest.raises(ValueError, match="adam: options"):
-        many_steps.check_method(SETTINGS, "adam", many_steps.OptimizerParams(options={"lr": -1}))
+        check_method(SETTINGS, "adam", OptimizerParams(options={"lr": -1}))
     with pytest.raises(ValueError, match="kfac: damping must be > 0"):
-        many_steps.check_method(
-            many_steps.ManyStepsSettings(d=10, n_over_d=1),
+        check_method(
+            ManyStepsSettings(d=10, n_over_d=1),
             "kfac",
-            many_steps.ManyKfacParams(damping=0),
+            ManyKfacParams(damping=0),
         )
 
 
@@ -121,10 +122,10 @@ def test_soap_first_step_is_the_polar_factor_of_the_gradient():
     # From zero state in the exact eigenbases of GGᵀ and GᵀG, SOAP's Adam sees diag(S) and
     # takes its sign: U Vᵀ, the muon step (docs/beyond_the_paper.md, C15 and C17).
     instance = make_instance(SETTINGS, (0,))
-    x, y = many_steps._batches(SETTINGS, instance)
+    x, y = step_batches(SETTINGS, instance)
     model = onestep.TwoLayerNetwork(instance.w0[0], instance.a[0], "tanh")
     optimizer = optim.SOAP(model.parameters(), lr=1.0)
-    many_steps.batch_loss(model, x[0, 0], y[0, 0]).backward()
+    batch_loss(model, x[0, 0], y[0, 0]).backward()
     gradient = model.first.weight.grad.clone()
     optimizer.step()
     moved = model.first.weight.detach() - instance.w0[0]
