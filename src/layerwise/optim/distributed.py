@@ -9,10 +9,11 @@ switches it off; or a ``ProcessGroup``. It is resolved when the optimizer is con
   same step without communication of their own.
 - KFAC's factors come from each rank's local activations and output gradients, averaged
   across the ranks weighted by the rows (``A``) and samples (``B``) each contributed. Each
-  rank folds its own share into a pending sum and the ranks add them up only when the
-  factors are read, before a refresh and in ``state_dict()`` (:mod:`layerwise.optim.factor_sync`;
-  per statistics step only the weights are all-reduced). With equal local batch sizes the
-  factors equal the single-process factors of the global batch.
+  statistics step launches their ``all_reduce`` with ``async_op=True`` (overlapping the next
+  forward and backward pass) and the factors take it in when next needed: at the next step,
+  before a refresh, in ``state_dict()``, by a local wait (:mod:`layerwise.optim.factor_sync`),
+  so ``state_dict()`` is no collective. With equal local batch sizes the factors equal the
+  single-process factors of the global batch.
 - Misuse fails alike on every rank: a model that differs across ranks at construction
   (:func:`check_same_on_every_rank`), an optimizer constructed before ``init_process_group``
   at its first step (:meth:`Distributed.check_still_valid`).

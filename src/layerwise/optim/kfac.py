@@ -155,8 +155,8 @@ class KFAC(LayerwiseOptimizer):
             of keeping the previous inverse.
         process_group, distributed: data-parallel training (``model`` may be the
             ``DistributedDataParallel`` wrapper): the factor increments are averaged across
-            the group, each rank's share summed only when the factors are read (a refresh,
-            ``state_dict()``, which is then a collective); ``mc_fisher`` seeds
+            the group by an all-reduce that overlaps the next forward and backward pass
+            (``state_dict()`` stays local: rank 0 alone may save); ``mc_fisher`` seeds
             ``seed + rank`` (:mod:`layerwise.optim.distributed`).
 
     Example:
