@@ -1,4 +1,4 @@
-"""Registration of the ``single_index`` problem and its three experiments (SPEC.md §4).
+"""Registration of the ``single_index`` problem and its four experiments (SPEC.md §4 and C15).
 
 - ``single-index-alignment`` (Figure 2 analogue): spike alignment against n/d for sgd and kfac
   at several κ, with theory lines; decides C9, C10, C11.
