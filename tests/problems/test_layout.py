@@ -44,6 +44,17 @@ def test_experiments_modules_only_register_and_check_method_lives_in_settings():
             assert (check.__module__, check.__name__) == (f"{package}.settings", "check_method")
 
 
+def test_claim_objects_live_only_in_claims_modules():
+    for name, package in registered_problem_packages().items():
+        folder = SOURCE / package.removeprefix("layerwise.").replace(".", "/")
+        outside = [
+            path.name
+            for path in sorted(folder.glob("*.py"))
+            if path.name != "claims.py" and "Claim(" in path.read_text(encoding="utf-8")
+        ]
+        assert outside == [], f"problem {name}: Claim objects in {outside}, not claims.py"
+
+
 def imported_modules(path: pathlib.Path) -> set[str]:
     """Every module an ``import`` statement of ``path`` names (``from a import b``: a and a.b)."""
     names = set()

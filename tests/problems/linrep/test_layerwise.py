@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from layerwise import cli, optim
-from layerwise.problems.linrep import kappa_free
+from layerwise.problems.linrep import claims
 from layerwise.problems.linrep.claims import SLOPE_FLAT, SLOPE_LINEAR
 from layerwise.problems.linrep.data import BatchStream, make_instance
 from layerwise.problems.linrep.driver import build_method, simulate
@@ -199,55 +199,55 @@ ALL = ("Shampoo_exact", "SOAP_exact", "Muon_exact", "Shampoo", "SOAP", "Muon", "
 
 def test_c14_and_c18_hold_on_kappa_free_slopes():
     table = _table(dict.fromkeys(ALL, FLAT) | {"sgd": SGD, "kfac": FLAT})
-    c14, c18 = kappa_free.decide_c14(table), kappa_free.decide_c18(table)
+    c14, c18 = claims.decide_c14(table), claims.decide_c18(table)
     assert c14.holds is True and c18.holds is True
     part = c14.evidence["C14 Muon_exact"]["kappa_x"]
-    assert part["class"] == kappa_free.KAPPA_FREE and abs(part["slope"]) <= SLOPE_FLAT
-    assert c14.evidence["not_deciding"]["anchor sgd"]["kappa_x"]["class"] == kappa_free.SGD_LIKE
+    assert part["class"] == claims.KAPPA_FREE and abs(part["slope"]) <= SLOPE_FLAT
+    assert c14.evidence["not_deciding"]["anchor sgd"]["kappa_x"]["class"] == claims.SGD_LIKE
     assert "C14 Shampoo (amortized)" in c14.evidence["not_deciding"]
 
 
 def test_c14_does_not_hold_when_one_exact_method_slows_like_sgd():
     table = _table(dict.fromkeys(ALL, FLAT) | {"Muon_exact": SGD})
-    verdict = kappa_free.decide_c14(table)
+    verdict = claims.decide_c14(table)
     assert verdict.holds is False
     sweep = verdict.evidence["C14 Muon_exact"]["kappa_x"]
-    assert sweep["class"] == kappa_free.SGD_LIKE and sweep["slope"] == pytest.approx(1.0, 0.05)
+    assert sweep["class"] == claims.SGD_LIKE and sweep["slope"] == pytest.approx(1.0, 0.05)
     # A slope between C1's and C2's thresholds is its own class: not κ-free either.
     between = _table(dict.fromkeys(ALL, FLAT) | {"SOAP_exact": (0.4, 0.0)})
-    verdict = kappa_free.decide_c18(between)
+    verdict = claims.decide_c18(between)
     assert verdict.holds is False
-    assert verdict.evidence["C18 SOAP_exact"]["kappa_x"]["class"] == kappa_free.SLOWER
+    assert verdict.evidence["C18 SOAP_exact"]["kappa_x"]["class"] == claims.SLOWER
     assert SLOPE_LINEAR > 0.4
 
 
 def test_amortized_modes_do_not_decide_c14_but_decide_c18():
     table = _table(dict.fromkeys(ALL, FLAT) | {"SOAP": SGD})
-    assert kappa_free.decide_c14(table).holds is True
-    assert kappa_free.decide_c18(table).holds is False
+    assert claims.decide_c14(table).holds is True
+    assert claims.decide_c18(table).holds is False
 
 
 def test_missing_or_never_converging_methods_are_undecided():
-    assert kappa_free.decide_c14(_table({"sgd": SGD})).holds is None
-    assert kappa_free.decide_c18(_table({"kfac": FLAT})).holds is None
+    assert claims.decide_c14(_table({"sgd": SGD})).holds is None
+    assert claims.decide_c18(_table({"kfac": FLAT})).holds is None
     # Never reaching eps (censored at every κ: a flat line at the budget) is not κ-free.
     never = _table({"Muon_exact": FLAT}, Muon_exact={"base": 2e6})
-    verdict = kappa_free.decide_c14(never)
+    verdict = claims.decide_c14(never)
     assert verdict.holds is None
     assert "does not reach ε" in verdict.summary
     # Censored at the largest κ with a flat lower bound: undecided; a rising one: not κ-free.
     late = _table({"Muon_exact": FLAT}, Muon_exact={"censor": {(1000.0, 1.0), (100.0, 1.0)}})
-    assert kappa_free.decide_c14(late).holds is False
+    assert claims.decide_c14(late).holds is False
     # Censored at the largest κ only, with medians just under the budget elsewhere: the slope
     # is a lower bound that is still flat, so the κ(Σx) sweep is undecided.
     near = _table(
         {"Muon_exact": FLAT}, Muon_exact={"base": 4900.0, "budget": 5000, "censor": {(1000.0, 1.0)}}
     )
-    verdict = kappa_free.classify(near, "Muon_exact")
+    verdict = claims.classify_kappa_free(near, "Muon_exact")
     assert verdict.holds is None
-    assert verdict.evidence["kappa_x"]["class"] == kappa_free.UNDECIDED
+    assert verdict.evidence["kappa_x"]["class"] == claims.UNDECIDED
     assert "lower bound" in verdict.evidence["kappa_x"]["why"]
-    assert verdict.evidence["kappa_f"]["class"] == kappa_free.KAPPA_FREE
+    assert verdict.evidence["kappa_f"]["class"] == claims.KAPPA_FREE
 
 
 def test_layerwise_figure_has_one_line_per_method_in_each_sweep():

@@ -42,12 +42,13 @@ KAPPA = register_experiment(
         figures={"kappa": figures.kappa, "kappa_f": figures.kappa_f},
         captions={
             "kappa": "Median iterations to subspace distance ≤ ε (band: interquartile range over "
-            "seeds) against κ(Σx), one panel per depth L, dashed the kfac prediction "
-            "log ε / log|1 − η| at each fixed η, dotted the budget: kfac's curves should stay "
-            "flat at every depth while sgd's rise.",
+            "seeds) against κ(Σx), one panel per depth L, the kfac prediction "
+            "log ε / log|1 − η| at each fixed η as a black line labelled with its η, the budget "
+            "grey and labelled: kfac's curves should stay flat at every depth while sgd's rise.",
             "kappa_f": "Median iterations to subspace distance ≤ ε against κF = κ(F⋆) at "
-            "κ(Σx) = 1, one panel per depth L, dashed the kfac prediction at each fixed η, dotted "
-            "the budget: kfac's curves should stay flat while sgd's rise.",
+            "κ(Σx) = 1, one panel per depth L, the kfac prediction at each fixed η as a black "
+            "line labelled with its η, the budget grey and labelled: kfac's curves should stay "
+            "flat while sgd's rise.",
         },
         seeds_per_run=SEEDS_PER_RUN,
         split_methods=True,

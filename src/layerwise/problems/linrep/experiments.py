@@ -13,7 +13,7 @@ from layerwise.experiments.registry import (
     register_experiment,
     register_problem,
 )
-from layerwise.problems.linrep import claims, figures, kappa_free, run
+from layerwise.problems.linrep import claims, figures, run
 from layerwise.problems.linrep.methods import METHOD_MODELS
 from layerwise.problems.linrep.settings import LinrepSettings, check_method
 
@@ -113,8 +113,8 @@ LAYERWISE = _experiment(
     "linrep-layerwise",
     "Iterations to dist <= eps against κ(Σx) and κ(F⋆) for the library optimizers (Shampoo, "
     "SOAP, Muon exact and amortized, KFAC, EKFAC) with sgd and kfac as anchors.",
-    kappa_free.run_layerwise,
-    (kappa_free.C14, kappa_free.C18),
+    run.run_layerwise,
+    (claims.C14, claims.C18),
     figures.layerwise,
     "Median iterations to ε (band: interquartile range, dotted grey line: the budget) against "
     "κ(Σx) at the smallest κF (left) and against κF at the smallest κ(Σx) (right), one line per "

@@ -270,3 +270,20 @@ def run_floor(task: RunTask) -> pd.DataFrame:
             )
             rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["seed", "method"])
+
+
+def mode_of(params) -> str:
+    """``exact`` or ``amortized`` for a library optimizer (its ``exact`` option), ``paper`` for
+    the paper's algorithms."""
+    options = getattr(params, "options", None)
+    if options is None:
+        return "paper"
+    return "exact" if options.exact else "amortized"
+
+
+def run_layerwise(task: RunTask) -> pd.DataFrame:
+    """linrep-layerwise (C14, C18): ``run_summary`` rows with the column ``mode``
+    (``exact``/``amortized``/``paper``)."""
+    table = run_summary(task)
+    modes = {label: mode_of(spec.params) for label, spec in task.methods.items()}
+    return table.assign(mode=table["method"].map(modes))
