@@ -119,8 +119,9 @@ LAYERWISE_STEP = register_experiment(
         captions={
             "row_alignment": "Share of each one-step update's energy along β⋆, "
             "‖ΔW β⋆‖/(‖ΔW‖F‖β⋆‖) (median, IQR over seeds), against n/d, one panel per κ: kfac "
-            "approaches 1, sgd and damped shampoo stay near sgd's level, the exact muon step "
-            "sits on its closed form (dashed), the chance level 1/√d (dotted) at n ≥ d.",
+            "approaches 1, the most damped shampoo stays with sgd, less damped shampoo falls "
+            "towards chance, and the exact muon step sits on its closed form (dashed), which is "
+            "the chance level 1/√d (dotted) at n ≥ d.",
             "sigma_beta": "The same share along Σβ⋆: sgd and damped shampoo approach 1, muon "
             "stays at its closed form (dashed) near chance 1/√d (dotted).",
             "spike": "Alignment cos(u, β⋆) of the top singular direction u of the sgd, kfac "
