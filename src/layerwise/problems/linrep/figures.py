@@ -11,8 +11,11 @@ ticks mark the grid values.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from layerwise.experiments.plots import (
@@ -116,22 +119,36 @@ def _iterations_vs(
         budget_line(ax, float(rows["budget"].max()))
 
 
-def kappa(table: pd.DataFrame) -> Figure:
-    """Iterations to ε against κ(Σx) and against κF, with kfac's predicted count at each fixed
-    η < 1 and the gradient-step bound κx·κF²·log(1/ε), each theory line labelled at its end."""
+#: The two sweeps of an iterations-to-ε figure: (varying, fixed at its smallest, axis label).
+_KAPPA_SWEEPS = (("kappa_x", "kappa_f", "κ(Σx)"), ("kappa_f", "kappa_x", "κ(F⋆)"))
+
+
+def _kappa_sweeps(
+    table: pd.DataFrame, theory_lines: Callable[[Axes, pd.DataFrame, str, str], None] | None = None
+) -> Figure:
+    """Iterations to ε against κ(Σx) (κF at its smallest) and against κF (κ(Σx) at its
+    smallest), one line per method, the budget labelled; ``theory_lines(ax, rows, varying,
+    fixed)`` adds a panel's theory lines."""
     fig, axes = new_figure(2, width=5.0)
-    eps = float(table["eps"].iloc[0])
     names = _legend_names(table)  # one text per method in the shared legend
-    for ax, (varying, fixed, xlabel) in zip(
-        axes,
-        (("kappa_x", "kappa_f", "κ(Σx)"), ("kappa_f", "kappa_x", "κ(F⋆)")),
-        strict=True,
-    ):
+    for ax, (varying, fixed, xlabel) in zip(axes, _KAPPA_SWEEPS, strict=True):
         rows = table[table[fixed] == table[fixed].min()]
         if rows[varying].nunique() < 2:
             ax.set_title(f"fewer than two {xlabel} values")
             continue
         _iterations_vs(ax, rows, varying, xlabel, names)
+        if theory_lines is not None:
+            theory_lines(ax, rows, varying, fixed)
+    legend_outside(axes[-1], axes=axes)
+    return fig
+
+
+def kappa(table: pd.DataFrame) -> Figure:
+    """Iterations to ε against κ(Σx) and against κF, with kfac's predicted count at each fixed
+    η < 1 and the gradient-step bound κx·κF²·log(1/ε), each theory line labelled at its end."""
+    eps = float(table["eps"].iloc[0])
+
+    def theory_lines(ax: Axes, rows: pd.DataFrame, varying: str, fixed: str) -> None:
         grid = np.sort(rows[varying].unique())
         fixed_lrs = rows[(rows["algorithm"] == "kfac") & ~rows["lr_tuned"] & (rows["lr"] < 1)]
         for lr in sorted(fixed_lrs["lr"].unique()):
@@ -151,8 +168,8 @@ def kappa(table: pd.DataFrame) -> Figure:
             for g in grid
         ]
         theory_line(ax, grid, bound, label="gradient-step bound κx·κF²·log(1/ε)", annotate="bound")
-    legend_outside(axes[-1], axes=axes)
-    return fig
+
+    return _kappa_sweeps(table, theory_lines)
 
 
 def basis(table: pd.DataFrame) -> Figure:
@@ -240,18 +257,6 @@ def layerwise(table: pd.DataFrame) -> Figure:
     """C14/C18: iterations to ε against κ(Σx) (κF smallest) and against κF (κ(Σx) smallest),
     one line per method (library optimizers, exact and amortized, with the paper's sgd and
     kfac), the budget labelled; a flat line is κ-free like kfac, a rising one slows like sgd."""
-    fig, axes = new_figure(2, width=5.0)
-    names = _legend_names(table)
-    for ax, (varying, fixed, xlabel) in zip(
-        axes,
-        (("kappa_x", "kappa_f", "κ(Σx)"), ("kappa_f", "kappa_x", "κ(F⋆)")),
-        strict=True,
-    ):
-        rows = table[table[fixed] == table[fixed].min()]
-        if rows[varying].nunique() < 2:
-            ax.set_title(f"fewer than two {xlabel} values")
-            continue
-        _iterations_vs(ax, rows, varying, xlabel, names)
-    legend_outside(axes[-1], axes=axes)
+    fig = _kappa_sweeps(table)
     fig.suptitle("layer-wise optimizers in linrep (median, IQR over seeds)")
     return fig

@@ -1,4 +1,4 @@
-"""Shared test setup of the many-step single-index tests."""
+"""Shared setup of the problem tests."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Run each test with one intra-op thread (as the experiment workers do): the many small
-    float64 factorizations here are several times slower with threads on a busy 2-core machine.
+    """Run each test with one intra-op thread, as the experiment workers do: the problems'
+    small batched float64 matrices only gain contention from threads on a shared machine.
     The previous setting is restored afterwards."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
