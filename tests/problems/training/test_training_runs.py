@@ -82,6 +82,24 @@ def test_a_missing_peer_is_a_row_not_a_failure(monkeypatch):
     assert verdict.holds is None and "heavyball_soap" in verdict.evidence["unavailable"]
 
 
+def test_a_task_of_a_missing_peer_alone_has_the_columns_the_runner_requires(monkeypatch):
+    # The runner splits methods into tasks: a task holding only a missing peer must still
+    # store rows (one per reported seed), not fail for want of a seed column.
+    from layerwise.experiments.runner import REQUIRED_COLUMNS
+
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)
+    methods = {
+        "pytorch_optimizer_shampoo": MethodSpec(
+            name="pytorch_optimizer_shampoo", params=PeerParams(lr_grid=(0.01,))
+        )
+    }
+    rows = run.run_task(task(methods, seeds=(0, 3)))
+    assert set(REQUIRED_COLUMNS) <= set(rows.columns)
+    assert list(rows["seed"]) == [0, 3] and not rows["available"].any()
+    assert list(claims.unavailable(rows)) == ["pytorch_optimizer_shampoo"]
+    assert "pytorch-optimizer" in rows["note"].iloc[0]
+
+
 def test_kfac_preconditions_the_attention_projections():
     from layerwise.optim import KFAC
 

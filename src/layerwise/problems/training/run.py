@@ -21,7 +21,7 @@ scheduler steps; evaluation excluded), and per run ``step_seconds`` (mean time o
 loss or validation loss becomes non-finite stops there and is recorded as diverged: its later
 rows carry an infinite validation loss. So is a run whose optimizer raises
 ``torch.linalg.LinAlgError`` (a peer's decomposition failing). An unavailable peer gives one
-row with ``available`` False and the reason in ``note``.
+row per reported seed with ``available`` False and the reason in ``note``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,11 +184,18 @@ def train(
     return Training(rows, math.inf if diverged else rows[-1]["val_loss"], wall)
 
 
-def _unavailable_row(label: str, spec: MethodSpec, workload: str, reason: str) -> pd.DataFrame:
+def _unavailable_rows(
+    label: str, spec: MethodSpec, workload: str, reason: str, seeds: Sequence[int]
+) -> pd.DataFrame:
+    """One row per reported seed with ``available`` False and the reason: a task that holds
+    only this peer (methods split into tasks) still stores rows with the runner's required
+    columns (``seed``, ``method``) instead of failing."""
     family, method_kind = FAMILIES[spec.name]
     return pd.DataFrame(
         [
             dict(
+                seed=seed,
+                phase="report",
                 method=label,
                 algorithm=spec.name,
                 family=family,
@@ -196,6 +204,7 @@ def _unavailable_row(label: str, spec: MethodSpec, workload: str, reason: str) -
                 available=False,
                 note=reason,
             )
+            for seed in seeds
         ]
     )
 
@@ -240,7 +249,9 @@ def run_task(task: RunTask) -> pd.DataFrame:
                 progress("report", chosen, seed, result)
                 rows += [dict(row, phase="report") for row in result.rows]
         except methods.PeerUnavailable as error:
-            frames.append(_unavailable_row(label, spec, settings.workload, str(error)))
+            frames.append(
+                _unavailable_rows(label, spec, settings.workload, str(error), task.seeds)
+            )
             continue
         family, method_kind = FAMILIES[spec.name]
         frame = pd.DataFrame(rows)
