@@ -249,9 +249,7 @@ def run_task(task: RunTask) -> pd.DataFrame:
                 progress("report", chosen, seed, result)
                 rows += [dict(row, phase="report") for row in result.rows]
         except methods.PeerUnavailable as error:
-            frames.append(
-                _unavailable_rows(label, spec, settings.workload, str(error), task.seeds)
-            )
+            frames.append(_unavailable_rows(label, spec, settings.workload, str(error), task.seeds))
             continue
         family, method_kind = FAMILIES[spec.name]
         frame = pd.DataFrame(rows)
