@@ -44,8 +44,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, Slurm, ``docker stop``) handled like Ctrl-C: workers stop and
     ``config.json`` is finalized by the same ``finally`` blocks."""
 
+    #: Set by the handler: an interrupt raised inside a library's C code may come back as a
+    #: plain ``KeyboardInterrupt`` (Ray's ``ray.wait`` raises its own), and is still SIGTERM's.
+    received = False
+
 
 def _raise_terminated(signum, frame) -> None:
+    Terminated.received = True
     raise Terminated()
 
 
@@ -155,11 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_REFUSED
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    Terminated.received = False
     try:
         return _dispatch(words)
     except KeyboardInterrupt as interrupt:
         # Ctrl-C or SIGTERM: the runner's `finally` has recorded the runs not done.
-        killed = signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+        sigterm = isinstance(interrupt, Terminated) or Terminated.received
+        killed = signal.SIGTERM if sigterm else signal.SIGINT
         print(
             f"layerwise: interrupted by {killed.name}; finished runs are stored, "
             "the others are recorded as not run (rerun the command to resume)",

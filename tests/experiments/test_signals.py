@@ -3,6 +3,7 @@ terminal's Ctrl-C prints no worker traceback; no worker outlives a command kille
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ def _group_alive(group: int) -> bool:
     return True
 
 
-def _start(write_config, tmp_path) -> tuple[subprocess.Popen, Path]:
+def _start(write_config, tmp_path, executor: str = "local") -> tuple[subprocess.Popen, Path]:
     """The toy command with two workers, in its own process group (so that every descendant can
     be found), once both of its (60 s) runs are in flight."""
     script = tmp_path / "driver.py"
@@ -49,13 +50,16 @@ def _start(write_config, tmp_path) -> tuple[subprocess.Popen, Path]:
     started = tmp_path / "started"
     started.mkdir()
     argv = ["run", "toy", "--config", str(config), "--out", str(out), "--workers", "2"]
+    argv += ["--executor", executor]
+    # Ray's workers import the toy run functions by name, without the driver's sys.path.
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, str(script), *argv, "--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**os.environ, "SLOW_TOYS_STARTED": str(started)},
+        env={**os.environ, "SLOW_TOYS_STARTED": str(started), "PYTHONPATH": path},
     )
     deadline = time.monotonic() + 90
     while len(list(started.iterdir())) < 2 and time.monotonic() < deadline:
@@ -80,18 +84,63 @@ def _wait_group_gone(group: int, seconds: float) -> bool:
     return not _group_alive(group)
 
 
+def _run_pids(tmp_path) -> list[int]:
+    """The processes running the toy runs (each wrote ``PID-SEED`` as it started)."""
+    return [int(path.name.split("-")[0]) for path in (tmp_path / "started").iterdir()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pids: list[int], seconds: float) -> bool:
+    """Whether every one of ``pids`` has exited within ``seconds`` (Ray's workers lead process
+    groups of their own, so the command's group does not cover them)."""
+    deadline = time.monotonic() + seconds
+    while any(map(_pid_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not any(map(_pid_alive, pids))
+
+
+def _kill_left(pids: list[int]) -> None:
+    """After the checks (``_wait_gone`` has waited): whatever is still alive."""
+    for pid in filter(_pid_alive, pids):
+        os.kill(pid, signal.SIGKILL)
+
+
+#: Both executors; Ray's ``ray.init()`` replaces the command's SIGTERM handler with one that
+#: aborts (exit -6), and its local node's agents outlive a killed command by a minute.
+EXECUTORS = [
+    "local",
+    pytest.param(
+        "ray",
+        marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="no Ray"),
+    ),
+]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_bug_17_a_signal_stops_workers_and_finalizes_the_record(signum, write_config, tmp_path):
-    process, record_path = _start(write_config, tmp_path)
+def test_bug_17_a_signal_stops_workers_and_finalizes_the_record(
+    signum, executor, write_config, tmp_path
+):
+    process, record_path = _start(write_config, tmp_path, executor)
+    runs = _run_pids(tmp_path)
     process.send_signal(signum)
     try:
         _, stderr = process.communicate(timeout=30)
-    finally:
+        assert _wait_group_gone(process.pid, 10)  # no worker or forkserver survives
+        assert _wait_gone(runs, 10)
+    finally:  # after the checks: nothing of a failed test is left running
         _kill_group(process.pid)
+        _kill_left(runs)
     assert process.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr, stderr
     assert f"interrupted by {signal.Signals(signum).name}" in stderr
-    assert _wait_group_gone(process.pid, 10)  # no worker or forkserver survives
     record = json.loads(record_path.read_text())
     assert record["finished_at"] is not None
     assert record["counts"]["not_run"] == 4 and record["counts"]["done"] == 0
@@ -103,22 +152,27 @@ def test_bug_17_ctrl_c_to_the_terminal_group_prints_no_worker_traceback(write_co
     os.killpg(process.pid, signal.SIGINT)
     try:
         _, stderr = process.communicate(timeout=30)
+        assert _wait_group_gone(process.pid, 10)
     finally:
         _kill_group(process.pid)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert stderr.count("interrupted by SIGINT") == 1, stderr
-    assert _wait_group_gone(process.pid, 10)
 
 
-def test_bug_17_no_worker_outlives_a_killed_command(write_config, tmp_path):
-    """kill -9 of the command: its workers (and the forkserver) notice and exit, so a reader of
-    the command's output sees end-of-file."""
-    process, _ = _start(write_config, tmp_path)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_bug_17_no_worker_outlives_a_killed_command(executor, write_config, tmp_path):
+    """kill -9 of the command: its workers (and the forkserver; on Ray, the local node with its
+    agents, which by themselves live on for a minute) notice and exit within seconds, so a
+    reader of the command's output sees end-of-file."""
+    process, _ = _start(write_config, tmp_path, executor)
+    runs = _run_pids(tmp_path)
     process.kill()
     try:
         # The pipes close only when every process holding them has exited.
         process.communicate(timeout=20)
         assert _wait_group_gone(process.pid, 10)
+        assert _wait_gone(runs, 10)
     finally:
         _kill_group(process.pid)
+        _kill_left(runs)

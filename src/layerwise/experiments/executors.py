@@ -25,6 +25,7 @@ handled once, by the command.
 from __future__ import annotations
 
 import abc
+import contextlib
 import multiprocessing
 import os
 import select
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from layerwise.experiments import reaper
 from layerwise.experiments.registry import RunTask
 
 WORKER_DIED = (
@@ -326,18 +328,25 @@ class RayExecutor(Executor):
         self._ray = ray
         self.address = address
         self._started = False
+        self._reaper = None
         if address is not None and not ray.is_initialized():
             _probe_address(address)
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
+            before = reaper.children(os.getpid())
             try:
-                if address is None:
-                    ray.init(num_cpus=workers, **options)
-                else:
-                    ray.init(address=address, **options)
+                with _keeping_sigterm_handler():
+                    if address is None:
+                        ray.init(num_cpus=workers, **options)
+                    else:
+                        ray.init(address=address, **options)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise ExecutorError(f"could not start Ray (address={address!r}): {error}") from None
             self._started = True
+            if address is None:
+                # The local node's processes are ours: none may outlive a kill -9 of this
+                # command (layerwise.experiments.reaper).
+                self._reaper = reaper.start(reaper.children(os.getpid()) - before)
         self._remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=1)(_ray_execute)
 
     def describe(self) -> dict[str, object]:
@@ -366,8 +375,27 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         if self._started:
+            reaper.stand_down(self._reaper)
+            self._reaper = None
             self._ray.shutdown()
             self._started = False
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """Restore this process's SIGTERM handler after ``ray.init()``, which replaces it (Python's
+    with ``sys.exit(15)``, the C one with its core's, which aborts: exit -6 with a stack dump
+    and no record of the runs not done), so that SIGTERM stops a Ray command as it stops a
+    local one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        # Set anew even if the Python-level handler looks unchanged: the C-level one is not.
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
 
 
 #: How long a Ray address may take to accept a connection (Ray itself retries for minutes).

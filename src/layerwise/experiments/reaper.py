@@ -1,0 +1,150 @@
+"""Stop a local Ray instance's processes when the command that started it dies unannounced.
+
+``ray.init()`` without an address starts a node as children of the command (GCS server,
+raylet, monitors; the raylet then starts its agents and workers). When the command is killed
+with ``kill -9`` the node's own processes notice within seconds, but the raylet's agents
+(``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) first try to report the raylet's death to
+the GCS server, which is gone, and live on for its 60 s request timeout, holding ~100 MB each.
+A command's processes must not outlive it, so :class:`RayExecutor` starts this reaper right
+after ``ray.init()``:
+
+- it is handed the processes the command gained during ``ray.init()`` (``pid:start-time``
+  pairs, the start time guarding against a reused pid);
+- it blocks on its standard input, a pipe whose only writer is the command: the command writes
+  :data:`QUIT` before its own ``ray.shutdown()``, and the reaper exits untouched; end of file
+  without it means the command died, and the reaper kills (``SIGKILL``) those processes and
+  every process spawned by their raylet (marked by ``RAY_RAYLET_PID`` in its environment).
+
+Linux only (it reads ``/proc``); elsewhere no reaper is started. Run as
+``python -m layerwise.experiments.reaper PID:START ...``; it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+#: What the command writes to the reaper's standard input before it shuts Ray down itself.
+QUIT = b"q"
+
+_PROC = Path("/proc")
+
+#: A process: its pid and its start time (clock ticks since boot, ``/proc/PID/stat`` field 22).
+Process = tuple[int, int]
+
+
+def supported() -> bool:
+    return sys.platform.startswith("linux") and _PROC.is_dir()
+
+
+def start_time(pid: int) -> int | None:
+    """Process ``pid``'s start time, or ``None`` when there is no such process."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def children(pid: int) -> set[Process]:
+    """The live children of process ``pid`` (none where ``/proc`` is missing)."""
+    found: set[Process] = set()
+    if not supported():
+        return found
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == pid:
+            found.add((int(entry.name), int(fields[19])))
+    return found
+
+
+def spawned_by(raylets: Iterable[int]) -> set[Process]:
+    """The processes whose environment names one of ``raylets`` as their raylet (what the
+    raylet's agents and workers carry); another user's processes are not readable, skipped."""
+    markers = {f"RAY_RAYLET_PID={pid}".encode() for pid in raylets}
+    found = set()
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if markers.intersection(environment):
+            started = start_time(int(entry.name))
+            if started is not None:
+                found.add((int(entry.name), started))
+    return found
+
+
+def kill(processes: Iterable[Process]) -> None:
+    """``SIGKILL`` each process that still is the one recorded (same pid, same start time)."""
+    for pid, started in processes:
+        if pid != os.getpid() and start_time(pid) == started:
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                os.kill(pid, signal.SIGKILL)
+
+
+def reap(node: Sequence[Process]) -> None:
+    """Kill ``node`` and everything its processes spawned as a raylet; the environment scan
+    comes first, while the node's pids still name their processes."""
+    kill(spawned_by(pid for pid, _ in node) | set(node))
+
+
+def start(node: Iterable[Process]) -> subprocess.Popen | None:
+    """Start the reaper for ``node`` (the processes ``ray.init()`` added); ``None`` when there
+    is nothing to watch or ``/proc`` is missing. Write :data:`QUIT` to its stdin and close it
+    before shutting the node down."""
+    node = sorted(node)
+    if not node or not supported():
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-m", __name__, *(f"{pid}:{started}" for pid, started in node)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # A terminal's Ctrl-C goes to the foreground group: the reaper must not die of it
+        # before the command has decided whether to shut Ray down.
+        start_new_session=True,
+    )
+
+
+def stand_down(reaper: subprocess.Popen | None) -> None:
+    """Tell the reaper the command shuts Ray down itself, and wait for it to exit."""
+    if reaper is None:
+        return
+    try:
+        reaper.stdin.write(QUIT)
+        reaper.stdin.close()
+    except BrokenPipeError:  # it is already gone
+        pass
+    try:
+        reaper.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
+
+
+def main(argv: Sequence[str]) -> int:
+    node = [tuple(int(part) for part in arg.split(":")) for arg in argv]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    message = sys.stdin.buffer.read(len(QUIT))  # until the command speaks or dies
+    if message != QUIT:
+        reap(node)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
