@@ -3,17 +3,20 @@
 A case is plain data (a name, the optimizer, its knobs); :func:`train_case` trains it either in
 a single process on the whole batches, or as one rank of a ``DistributedDataParallel`` job on
 its slice of each batch (``"wrapper": "fsdp"``: sharded by FSDP2's ``fully_shard``), and
-returns the parameters after every step; ``"resume"`` (``"state_dict"`` or ``"dcp"``) saves
+returns the parameters after every step; ``"resume"`` (``"state_dict"``, ``"dcp"`` or, for
+``distributed="shard"``, ``"consolidated"``: rank 0's whole state, loaded by every rank) saves
 model and optimizer after ``"resume_at"`` steps and continues from a fresh model and optimizer
-that load them; ``"rank0_saves_at"`` has rank 0 alone save model and optimizer to memory after
-that many steps (the other ranks go on), ``"wait_every_step"`` has every rank call
-``optimizer.state_dict()`` after every step. :func:`worker` is the
+that load them; ``"consolidate"`` keeps ``consolidated_state_dict()`` after the last step;
+``"rank0_saves_at"`` has rank 0 alone save model and optimizer to memory after that many steps
+(the other ranks go on), ``"wait_every_step"`` has every rank call ``optimizer.state_dict()``
+after every step. :func:`worker` is the
 spawned process: it runs several cases per spawn (spawning is slow) and writes the results
 to a file for the parent to compare.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import traceback
 from datetime import timedelta
@@ -34,8 +37,9 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn import functional as F
 
-from layerwise.optim import KFAC, SOAP, Muon, Shampoo
+from layerwise.optim import KFAC, SOAP, Layerwise, Muon, Shampoo
 from layerwise.optim.kronecker import STATISTIC_KEYS
+from layerwise.optim.policies import FailurePolicy
 
 STEPS = 4
 BATCH = 16
@@ -70,6 +74,10 @@ def make_optimizer(case: dict[str, Any], model: nn.Module) -> torch.optim.Optimi
     extra = {"distributed": case["distributed"]} if "distributed" in case else {}
     if kind == "kfac":
         return KFAC(model, loss="cross_entropy", statistics_batch=None, **knobs, **extra)
+    if kind == "shampoo_raising":  # Shampoo whose first failed refresh raises (as exact KFAC)
+        group = Shampoo(model.parameters(), **knobs, process_group=None).param_groups[0]
+        parts = dataclasses.replace(Shampoo.compose(group), failures=FailurePolicy(max_consecutive_failures=0))
+        return Layerwise(model.parameters(), parts, lr=group["lr"], **extra)
     cls = {"shampoo": Shampoo, "soap": SOAP, "muon": Muon}[kind]
     return cls(model.parameters(), **knobs, **extra)
 
@@ -103,6 +111,14 @@ def _resume(
     if case["resume"] == "model_only":  # the optimizer starts afresh (a check that can fail)
         fresh.load_state_dict(model.state_dict())
         return fresh, trained, make_optimizer(case, trained)
+    if case["resume"] == "consolidated":  # distributed="shard": rank 0 saves the whole state
+        full = optimizer.consolidated_state_dict(to=0)
+        shared = [full if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(shared, src=0)  # every rank reads rank 0's file
+        fresh.load_state_dict(model.state_dict())
+        reloaded = make_optimizer(case, trained)
+        reloaded.load_state_dict(shared[0])
+        return fresh, trained, reloaded
     if case["resume"] == "state_dict":
         buffer = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
@@ -120,8 +136,10 @@ def _resume(
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=directory)
     set_model_state_dict(fresh, state["model"])
-    # KFAC keeps a folded bias's state on its weight, so the bias has none of its own.
-    options = StateDictOptions(strict=case["optimizer"] != "kfac")
+    # KFAC keeps a folded bias's state on its weight, so the bias has none of its own; under
+    # distributed="shard" a rank has no state for the blocks of other ranks.
+    strict = case["optimizer"] != "kfac" and case.get("distributed") != "shard"
+    options = StateDictOptions(strict=strict)
     set_optimizer_state_dict(fresh, reloaded, state["optimizer"], options=options)
     return fresh, trained, reloaded
 
@@ -161,6 +179,8 @@ def train_case(case: dict[str, Any], rank: int = 0, world: int = 1) -> dict[str,
     result.update(params=history, losses=losses)
     if case.get("keep_state"):
         result["state_dict"] = optimizer.state_dict()
+    if case.get("consolidate"):
+        result["consolidated"] = optimizer.consolidated_state_dict(to=0)
     return result
 
 
@@ -207,7 +227,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, cases: list[dict
                     train_case(case, rank, world)
                     results[case["name"]] = {"error": None}
                 except Exception as error:  # must be raised alike on every rank
-                    results[case["name"]] = {"error": type(error).__name__}
+                    results[case["name"]] = {"error": type(error).__name__, "message": str(error)}
                 continue
             results[case["name"]] = train_case(case, rank, world)
     except Exception:  # reported to the parent, which asserts

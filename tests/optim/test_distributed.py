@@ -18,6 +18,7 @@ from torch import distributed as dist
 
 from layerwise.optim import KFAC, Muon
 from layerwise.optim.distributed import assign_owners, refresh_cost, resolve_group
+from layerwise.optim.kronecker import STATISTIC_KEYS
 
 WORLD = 2
 
@@ -161,8 +162,41 @@ FSDP_REFUSED = {
     "expect_error": True,
 }
 FSDP_CASES = [*FSDP_EXACT_CASES, FSDP_SOAP, *RESUME_CASES]
+#: distributed="shard": each matrix parameter's whole step on its owner, the directions
+#: broadcast. The single process to 1e-10 (SOAP at eps 1e-4, as above), under DDP and FSDP2.
+SHARD_CASES = [
+    {**case, "name": case["name"] + "_shard", "distributed": "shard"}
+    for case in [EXACT_CASES[0], EXACT_CASES[1], *SOAP_EXACT_CASES[:2], FSDP_EXACT_CASES[0]]
+]
+SHARD_CASES[0]["keep_state"] = True
+SHARD_CASES[0]["consolidate"] = True
+#: Resumed after 2 of 4 steps: bit for bit the uninterrupted sharded run.
+SHARD_RESUME_CASES = [
+    {**base, "name": f"{base['name']}_{how}", "uninterrupted": base["name"], "resume": how}
+    for base, how in [
+        (SHARD_CASES[0], "consolidated"),
+        (SHARD_CASES[0], "dcp"),
+        (SHARD_CASES[2], "dcp"),
+        (SHARD_CASES[1], "dcp"),
+    ]
+]
+for _case in SHARD_RESUME_CASES:
+    _case.update(resume_at=2, keep_state=False, consolidate=False)
+#: The float32 defaults (Muon's Newton–Schulz in bf16): the replicated 2-rank run, up to the
+#: order of the shape scale's product (the sharded direction is materialized before the
+#: learning rate, in float32).
+SHARD_FLOAT32 = {**FLOAT32_CASES[0], "name": "muon_f32_shard", "distributed": "shard"}
+#: A failed refresh raises (max_consecutive_failures=0) on every rank, not only on the owner.
+SHARD_FAILING = {
+    "name": "shampoo_singular_shard",
+    "optimizer": "shampoo_raising",
+    "knobs": {"exact": True, "damping": 0.0},
+    "distributed": "shard",
+    "expect_error": True,
+}
+SHARD_ALL = [*SHARD_CASES, *SHARD_RESUME_CASES, SHARD_FLOAT32]
 CASES = EXACT_CASES + RANK_CASES + FLOAT32_CASES + SPLIT_CASES + FSDP_CASES + SOAP_EXACT_CASES
-CASES += [*OVERLAP_CASES, *SAME_AS_OVERLAP]
+CASES += [*OVERLAP_CASES, *SAME_AS_OVERLAP, *SHARD_ALL]
 
 
 def _spawn(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -191,7 +225,7 @@ def _spawn(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _spawn(tmp_path_factory.mktemp("ddp"), [*CASES, FAILING, FSDP_REFUSED])
+    return _spawn(tmp_path_factory.mktemp("ddp"), [*CASES, FAILING, FSDP_REFUSED, SHARD_FAILING])
 
 
 def _max_gap(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> float:
@@ -324,6 +358,81 @@ def test_fsdp_refuses_kfac_curvature_passes(ranks: list[dict[str, Any]]) -> None
     assert [r[FSDP_REFUSED["name"]]["error"] for r in ranks] == ["ValueError"] * WORLD
 
 
+@pytest.mark.parametrize("case", SHARD_CASES, ids=[c["name"] for c in SHARD_CASES])
+def test_shard_equals_one_process(ranks: list[dict[str, Any]], case: dict[str, Any]) -> None:
+    alone = train_case(_without(case, "distributed", "wrapper", "keep_state", "consolidate"))
+    gap = _max_gap(ranks[0][case["name"]]["params"], alone["params"])
+    assert gap < 1e-10, gap
+    assert _max_gap(alone["params"][-1:], [train_case_start()]) > 1e-3
+
+
+def _kronecker_indices(state_dict: dict[str, Any]) -> set[int]:
+    return {index for index, entry in state_dict["state"].items() if STATISTIC_KEYS[0] in entry}
+
+
+def test_shard_keeps_each_block_on_its_owner_alone(ranks: list[dict[str, Any]]) -> None:
+    """Each rank's state_dict() holds the Kronecker state of the blocks it owns (the weights
+    of the three layers: layer 2 on rank 0, layers 1 and 3 on rank 1) and the biases' Adam
+    state; together they are the single process's."""
+    case = SHARD_CASES[0]
+    local = [r[case["name"]]["state_dict"] for r in ranks]
+    owned = [_kronecker_indices(state) for state in local]
+    assert owned == [{2}, {0, 4}]
+    for state, others in zip(local, reversed(owned), strict=True):
+        assert not others & state["state"].keys()  # nothing of the other rank's blocks
+        assert {1, 3, 5} <= state["state"].keys()  # the biases (Adam path) on every rank
+
+
+def test_shard_consolidated_state_dict_is_the_single_process_one(
+    ranks: list[dict[str, Any]],
+) -> None:
+    from distributed_cases import make_model, make_optimizer
+
+    case = SHARD_CASES[0]
+    consolidated = ranks[0][case["name"]]["consolidated"]
+    assert ranks[1][case["name"]]["consolidated"] is None
+    alone = train_case({**_without(case, "distributed", "consolidate")})["state_dict"]
+    assert consolidated["param_groups"] == alone["param_groups"]
+    assert consolidated["state"].keys() == alone["state"].keys()
+    for index, state in alone["state"].items():
+        assert consolidated["state"][index].keys() == state.keys(), index
+        for key, value in state.items():
+            other = consolidated["state"][index][key]
+            if isinstance(value, torch.Tensor):
+                assert float((other - value).abs().max()) < 1e-10, (index, key)
+            else:
+                assert other == value, (index, key)
+    make_optimizer(_without(case, "distributed"), make_model()).load_state_dict(consolidated)
+
+
+@pytest.mark.parametrize("case", SHARD_RESUME_CASES, ids=[c["name"] for c in SHARD_RESUME_CASES])
+def test_shard_resume_is_bit_identical(ranks: list[dict[str, Any]], case: dict[str, Any]) -> None:
+    uninterrupted = ranks[0][case["uninterrupted"]]["params"]
+    assert _max_gap(ranks[0][case["name"]]["params"], uninterrupted) == 0.0
+
+
+def test_shard_float32_follows_the_replicated_run(ranks: list[dict[str, Any]]) -> None:
+    sharded = ranks[0][SHARD_FLOAT32["name"]]["params"]
+    replicated = ranks[0][FLOAT32_CASES[0]["name"]]["params"]
+    gap = _max_gap(sharded, replicated)
+    assert gap < 1e-6, gap
+
+
+def test_shard_failure_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    """Layers 1 and 3 (rank 1's) have singular statistics, layer 2 (rank 0's) not: rank 0
+    raises because rank 1 told it."""
+    outcomes = [r[SHARD_FAILING["name"]] for r in ranks]
+    assert [o["error"] for o in outcomes] == ["DecompositionError"] * WORLD
+    assert "failed on rank 1" in outcomes[0]["message"]
+    assert "singular" in outcomes[1]["message"]
+
+
+def test_shard_refuses_layer_factors() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="distributed='split'"):
+        KFAC(model, loss="mse", distributed="shard", process_group=None)
+
+
 def test_process_group_defaults() -> None:
     assert not dist.is_initialized()
     assert resolve_group() is None
@@ -335,7 +444,7 @@ def test_process_group_defaults() -> None:
     assert "process_group" not in optimizer.param_groups[0]
     assert "process_group" not in optimizer.state_dict()["param_groups"][0]
     with pytest.raises(ValueError, match="distributed"):
-        KFAC(model, loss="mse", distributed="shard")
+        KFAC(model, loss="mse", distributed="sharded")
 
 
 def test_assign_owners_is_balanced_and_deterministic() -> None:

@@ -49,6 +49,7 @@ from layerwise.optim import matrix
 from layerwise.optim.distributed import (
     AUTO_GROUP,
     REPLICATE,
+    SHARD,
     Distributed,
     all_reduce_coalesced,
     assign_owners,
@@ -221,8 +222,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ``DistributedDataParallel`` wrapper or its ``.module``.
     ``process_group``: ``"auto"`` (the default process group when ``torch.distributed`` is
     initialized with several ranks), ``None`` (single process) or a group; ``distributed``:
-    ``"replicate"`` or ``"split"`` (:mod:`layerwise.optim.distributed`). Neither is a
-    param-group knob nor part of ``state_dict()``.
+    ``"replicate"``, ``"split"`` or ``"shard"`` (:mod:`layerwise.optim.distributed`). Neither
+    is a param-group knob nor part of ``state_dict()``.
     """
 
     #: Knobs set by the mode when left as ``None`` (see :class:`ModeDefault`).
@@ -259,6 +260,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         #: Per param-group index, the factor by which the last step's Kronecker directions
         #: were scaled by clipping (groups without clipping are absent).
         self.last_update_scales: dict[int, float] = {}
+        #: ``distributed="shard"``: the parameters it was computed for (ids) and their owners.
+        self._owner_cache: tuple[tuple[int, ...], dict[Tensor, int]] | None = None
         super().__init__(params, defaults)
         factors = [
             statistics
@@ -268,6 +271,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if factors:
             if model is None:
                 raise ValueError("layer-factor statistics need the model (model=...)")
+            if distributed == SHARD:
+                raise ValueError(
+                    "distributed='shard' needs statistics from the gradient, which DDP makes "
+                    "the same on every rank; layer factors (KFAC) come from each rank's own "
+                    "activations: use distributed='split'"
+                )
             self._source = LayerFactorSource(
                 model,
                 factors[0],
@@ -315,6 +324,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             _parts_cache={},
             _workspaces={},
             _full_grads={},
+            _owner_cache=None,
             last_update_scales=dict(self.last_update_scales),
         )
         return state
@@ -369,10 +379,43 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """As ``torch.optim.Optimizer.state_dict``. Under a process group KFAC first waits for
         its factor all-reduce in flight and folds it (:mod:`layerwise.optim.factor_sync`), so
         the checkpoint holds the global factors; the wait is local, not a collective: rank 0
-        alone may call it (``if rank == 0: torch.save(...)``), or every rank (DCP)."""
+        alone may call it (``if rank == 0: torch.save(...)``), or every rank (DCP).
+
+        With ``distributed="shard"`` it is this rank's share: the state of the blocks it owns
+        and of the Adam path (what DCP saves from every rank); for one file that holds all of
+        it, every rank calls :meth:`consolidated_state_dict`."""
         self._source.synchronize()
         state = super().state_dict()
         state.update(self._source.state_dict())
+        return state
+
+    def consolidated_state_dict(self, to: int = 0) -> dict[str, Any] | None:
+        """The whole state, every block's gathered from its owner, on rank ``to`` of the group
+        (``None`` on the others): with ``distributed="shard"`` a collective that every rank
+        calls (``torch.distributed.gather_object``; the gathered tensors arrive on the CPU).
+        It loads in one process, or under any mode, where each rank keeps what it owns.
+        Otherwise the same as :meth:`state_dict`."""
+        state = self.state_dict()
+        spread = self._distributed
+        if not spread.shard:
+            return state
+        owned = self._owned_indices(spread.rank)
+        mine = {
+            index: {
+                key: value.cpu() if isinstance(value, Tensor) else value
+                for key, value in entry.items()
+            }
+            for index, entry in state["state"].items()
+            if index in owned
+        }
+        gathered: list[Any] | None = [None] * spread.world_size if spread.rank == to else None
+        dist.gather_object(mine, gathered, dst=spread.global_rank(to), group=spread.group)
+        if gathered is None:
+            return None
+        for rank, share in enumerate(gathered):
+            if rank != spread.rank:
+                state["state"].update(share)
+        state["state"] = dict(sorted(state["state"].items()))
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -406,6 +449,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self.parts(group)
         self._source.index(self.param_groups)
         self._source.load_state_dict(extra)
+        if self._distributed.shard:  # a consolidated checkpoint: each rank keeps its own
+            for param, owner in self._owners().items():
+                if owner != self._distributed.rank:
+                    self.state.pop(param, None)
 
     def _restore_dtypes(self, state_dict: dict[str, Any]) -> None:
         """``torch.optim`` casts every floating state tensor to its parameter's dtype on load;
@@ -472,8 +519,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._skip(work, "non-finite gradient")
             return
         updates: list[Update] = []
-        for group, parts, blocks in work:
-            updates += self._directions(group, parts, blocks)
+        if self._distributed.shard:
+            updates = self._sharded_directions(work)
+        else:
+            for group, parts, blocks in work:
+                updates += self._directions(group, parts, blocks)
         scales = self._clip_scales(work, updates)
         checked = [u.direction.tensor for u in updates]
         checked += [u.direction.factor for u in updates if isinstance(u.direction.factor, Tensor)]
@@ -541,6 +591,93 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             )
             for block, p in zip(blocks, prepared_blocks, strict=True)
         ]
+
+    # -- distributed="shard" ---------------------------------------------------------------
+    def _owners(self) -> dict[Tensor, int]:
+        """Each Kronecker-path parameter's rank under ``distributed="shard"``:
+        :func:`assign_owners` on the cube of its matrix's sides, over every matrix parameter
+        of the preconditioned groups in order. Fixed while the groups are, and the same on
+        every rank whichever parameters a step has gradients for."""
+        params = [
+            p
+            for group in self.param_groups
+            if self.parts(group).preconditioned
+            for p in group["params"]
+            if p.ndim >= 2 and p.numel() > 0
+        ]
+        ids = tuple(map(id, params))
+        if self._owner_cache is None or self._owner_cache[0] != ids:
+            shapes = [(p.shape[0], p.numel() // p.shape[0]) for p in params]
+            ranks = assign_owners([refresh_cost(s) for s in shapes], self._distributed.world_size)
+            self._owner_cache = (ids, dict(zip(params, ranks, strict=True)))
+        return self._owner_cache[1]
+
+    def _owned_indices(self, rank: int) -> set[int]:
+        """The ``state_dict()`` indices of the parameters ``rank`` owns."""
+        owners = self._owners()
+        params = [p for group in self.param_groups for p in group["params"]]
+        return {index for index, p in enumerate(params) if owners.get(p) == rank}
+
+    def _holds(self, block: Block) -> bool:
+        """Whether this rank keeps ``block``'s state (always, but under ``"shard"``)."""
+        if not (self._distributed.shard and block.kronecker):
+            return True
+        return self._owners()[block.key] == self._distributed.rank
+
+    def _sharded_directions(
+        self, work: list[tuple[dict[str, Any], Parts, list[Block]]]
+    ) -> list[Update]:
+        """``distributed="shard"``: this rank computes the directions of the Kronecker blocks
+        it owns and of every Adam-path block (:meth:`_directions`); then each owner's
+        directions are broadcast, materialized (``factor * tensor``) in the statistics dtype
+        (one flat buffer per owner and dtype), and every rank applies the same bits. A failure
+        on one rank is shared first (one small ``all_reduce``), so that every rank raises."""
+        spread = self._distributed
+        owners = self._owners()
+        mine = [(g, parts, [b for b in blocks if self._holds(b)]) for g, parts, blocks in work]
+        computed: dict[Tensor, Direction] = {}
+        failure: Exception | None = None
+        try:
+            for group, parts, blocks in mine:
+                for update in self._directions(group, parts, blocks):
+                    computed[update.block.key] = update.direction
+        except Exception as error:  # re-raised below, once the other ranks know of it
+            failure = error
+        device = next(self._grad(b.key) for _, _, blocks in work for b in blocks).device
+        codes = torch.zeros(spread.world_size, dtype=torch.float64, device=device)
+        codes[spread.rank] = 0.0 if failure is None else _failure_code(failure)
+        all_reduce_coalesced([codes], spread.group)
+        if failure is not None:
+            raise failure
+        if codes.any():
+            rank = int(codes.nonzero()[0])
+            if codes[rank] == 1.0:
+                raise DecompositionError(
+                    f"a preconditioner refresh failed on rank {rank}, its owner "
+                    "(distributed='shard'; that rank raised the error itself)"
+                )
+            raise RuntimeError(f"the optimizer step raised on rank {rank} (distributed='shard')")
+        updates, sent = [], {rank: [] for rank in range(spread.world_size)}
+        for group, _, blocks in work:
+            for block in blocks:
+                if not block.kronecker:
+                    updates.append(Update(group, block, computed[block.key]))
+                    continue
+                grad = self._grad(block.key)
+                dtype = statistics_dtype(grad.dtype)
+                owner = owners[block.key]
+                if owner == spread.rank:
+                    tensor = _materialized(computed[block.key], dtype)
+                else:
+                    rows = grad.shape[0]
+                    shape = (rows, sum(p.numel() for p in block.params) // rows)
+                    tensor = torch.empty(shape, dtype=dtype, device=grad.device)
+                sent[owner].append(tensor)
+                updates.append(Update(group, block, Direction(tensor)))
+        for rank, tensors in sent.items():
+            if tensors:
+                broadcast_coalesced(tensors, spread.global_rank(rank), spread.group)
+        return updates
 
     def _refresh(self, parts: Parts, pending: list[_Prepared]) -> None:
         """The refreshes of a group's blocks this step, under the failure policy. With
@@ -723,7 +860,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             f"{type(self).__name__}: step skipped ({reason})", RuntimeWarning, stacklevel=4
         )
         for _, _, blocks in work:
-            for block in blocks:
+            for block in filter(self._holds, blocks):
                 state = self.state[block.key]
                 state[SKIPPED_STEPS] = state.get(SKIPPED_STEPS, 0) + 1
 
@@ -743,6 +880,22 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
 
 _TORCH_ENTRIES = ("state", "param_groups")
+
+
+def _materialized(direction: Direction, dtype: torch.dtype) -> Tensor:
+    """``factor * tensor`` in ``dtype``, the tensor converted first (a bf16 Newton–Schulz
+    result is not rounded again after its scale)."""
+    tensor = direction.tensor.to(dtype)
+    factor = direction.factor
+    if isinstance(factor, Tensor):
+        return tensor * factor.to(dtype)
+    return tensor if factor == 1.0 else tensor * factor
+
+
+def _failure_code(error: Exception) -> float:
+    """What a rank tells the others of its failed step: 1 a failed decomposition (the failure
+    policy raised), 2 anything else."""
+    return 1.0 if isinstance(error, DecompositionError) else 2.0
 
 
 class Layerwise(LayerwiseOptimizer):

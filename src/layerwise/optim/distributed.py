@@ -20,6 +20,15 @@ switches it off; or a ``ProcessGroup``. It is resolved when the optimizer is con
 - ``distributed="split"``: each block's refresh (inverse root, Cholesky, eigenbasis; Muon's
   Newton–Schulz) runs on one rank, chosen by :func:`assign_owners`, and its result is
   broadcast (:func:`broadcast_coalesced`), so every rank keeps the same state.
+- ``distributed="shard"`` (Shampoo, SOAP, Muon: statistics from the gradient, which every
+  rank has after DDP's all-reduce): each matrix parameter belongs to one rank for the
+  optimizer's life (:func:`assign_owners` over all of them at once), which alone computes its
+  block's step — statistics, refresh, moments, application — and keeps its state; the owners'
+  directions are broadcast every step (the parameters' size), and every rank writes them.
+  The per-step work and the Kronecker state divide by the world size, the arithmetic is the
+  single process's. ``state_dict()`` then holds this rank's share (what DCP saves from every
+  rank); ``consolidated_state_dict()`` gathers the whole state on one rank. KFAC, whose
+  factors come from each rank's activations, is refused (use ``"split"``).
 - FSDP2 (``torch.distributed.fsdp.fully_shard``: parameters and gradients are DTensors,
   sharded on dim 0): each sharded gradient is gathered whole (:func:`full_tensors`), the step
   is computed on the full matrix exactly as in one process (replicated, or with the refresh
@@ -51,11 +60,14 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 #: ``process_group="auto"``: the default group when one is initialized with several ranks.
 AUTO_GROUP = "auto"
 
-#: The values of ``distributed``: every rank refreshes every block (``"replicate"``), or
-#: each block's refresh runs on one rank and is broadcast (``"split"``).
+#: The values of ``distributed``: every rank refreshes every block (``"replicate"``); each
+#: block's refresh runs on one rank and is broadcast (``"split"``); each block's whole step
+#: runs on one rank, which alone keeps its state, and its direction is broadcast
+#: (``"shard"``).
 REPLICATE = "replicate"
 SPLIT = "split"
-MODES = (REPLICATE, SPLIT)
+SHARD = "shard"
+MODES = (REPLICATE, SPLIT, SHARD)
 
 
 def resolve_group(process_group: Any = AUTO_GROUP) -> Any:
@@ -109,6 +121,10 @@ class Distributed:
     @property
     def split(self) -> bool:
         return self.active and self.mode == SPLIT
+
+    @property
+    def shard(self) -> bool:
+        return self.active and self.mode == SHARD
 
     @property
     def rank(self) -> int:
