@@ -1,5 +1,6 @@
-"""Cost of a data-parallel training step: ``distributed="replicate"`` against ``"split"`` for
-each optimizer, relative to AdamW under the same ``DistributedDataParallel`` wrapper.
+"""Cost of a data-parallel training step: ``distributed="replicate"`` against ``"split"`` and
+``"shard"`` for each optimizer, relative to AdamW under the same ``DistributedDataParallel``
+wrapper.
 
 Usage::
 
@@ -15,8 +16,10 @@ their median reported. Per candidate:
 - ``step_ms`` and ``ratio_adamw`` (AdamW under DDP = 1);
 - ``refresh_ms``: the step that refreshes minus the median of the period's other steps (Muon
   has no refresh: its Newton–Schulz runs every step and is what ``"split"`` divides);
-- ``split_over_replicate``: the split's step and refresh relative to the replicated ones
-  (issue 12's target: refresh <= 0.6 at 2 ranks);
+- ``step_over_replicate`` / ``refresh_over_replicate``: the split's (and the shard's) step
+  and refresh relative to the replicated ones (issue 12's target for the split: refresh <= 0.6
+  at 2 ranks); ``"shard"`` (Shampoo, SOAP, Muon) runs each matrix's whole step on its owner and
+  broadcasts the directions, so its state per rank falls too;
 - ``state_mib``: optimizer state per rank (KFAC: with the buffers of its factor all-reduce in
   flight between steps);
   ``droppable_mib``: of it, the refresh inputs (statistics) of the blocks another rank
@@ -83,8 +86,9 @@ class Plan:
 class Candidate:
     name: str
     method: str
-    #: ``"replicate"`` / ``"split"``; ``"local"``: KFAC without a process group; ``"sync"``:
-    #: KFAC replicated, waiting for its factor all-reduce right after each step (no overlap).
+    #: ``"replicate"`` / ``"split"`` / ``"shard"``; ``"local"``: KFAC without a process group;
+    #: ``"sync"``: KFAC replicated, waiting for its factor all-reduce right after each step (no
+    #: overlap).
     mode: str = "replicate"
     #: ``"ddp"`` (DistributedDataParallel) or ``"fsdp"`` (FSDP2's ``fully_shard``).
     wrapper: str = "ddp"
@@ -93,7 +97,9 @@ class Candidate:
 def candidates(fsdp: bool = False) -> list[Candidate]:
     found = [Candidate("torch AdamW", "adamw")]
     for method in METHODS:
-        for mode in ("replicate", "split"):
+        # KFAC refuses "shard": its factors come from each rank's own activations.
+        modes = ("replicate", "split") if method == "kfac" else ("replicate", "split", "shard")
+        for mode in modes:
             found.append(Candidate(f"{method} {mode}", method, mode))
     found.append(Candidate("kfac local factors", "kfac", "local"))
     found.append(Candidate("kfac replicate, no overlap", "kfac", "sync"))
@@ -117,7 +123,8 @@ def make_plan(quick: bool, width: int | None, rounds: int | None, fsdp: bool = F
 def build_optimizer(candidate: Candidate, model: nn.Module, refresh_every: int) -> Any:
     if candidate.method == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-    extra: dict[str, Any] = {"distributed": "split" if candidate.mode == "split" else "replicate"}
+    sharing = candidate.mode if candidate.mode in ("split", "shard") else "replicate"
+    extra: dict[str, Any] = {"distributed": sharing}
     if candidate.mode == "local":
         extra = {"process_group": None}
     if candidate.method == "kfac":
@@ -322,12 +329,12 @@ def summarize(raw: dict[str, Any], fsdp: bool = False) -> list[dict[str, Any]]:
             row["refresh_ms"] = 1e3 * statistics.median(_refresh_s(p) for p in mine)
         if candidate.method == "kfac" and candidate.mode != "local":
             row["wait_ms"] = 1e3 * statistics.median(_mean(_waits(p)) for p in mine)
-        if candidate.mode in ("split", "local", "sync"):
+        if candidate.mode in ("split", "shard", "local", "sync"):
             base = periods[f"{candidate.method} replicate"]
             row["step_over_replicate"] = statistics.median(
                 sum(_steps(p)) / sum(_steps(b)) for p, b in zip(mine, base, strict=True)
             )
-            if candidate.mode == "split" and "refresh_ms" in row:
+            if candidate.mode in ("split", "shard") and "refresh_ms" in row:
                 ratios = [
                     _refresh_s(p) / _refresh_s(b)
                     for p, b in zip(mine, base, strict=True)
@@ -399,8 +406,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"## distributed: {WORLD} gloo ranks, width {setting['width']}, "
         f"global batch {setting['batch']}, refresh every {setting['refresh_every']}",
         "",
-        "| candidate | step ms | × AdamW | refresh ms | wait ms | step split/repl | "
-        "refresh split/repl | state MiB/rank | droppable MiB | rank loads |",
+        "| candidate | step ms | × AdamW | refresh ms | wait ms | step / replicate | "
+        "refresh / replicate | state MiB/rank | droppable MiB | rank loads |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 

@@ -24,6 +24,12 @@ def test_quick_run_writes_a_complete_report(tmp_path):
         assert rows[f"{method} split"]["step_over_replicate"] > 0
         assert ("refresh_ms" in rows[f"{method} split"]) == (method != "muon")
     assert rows["kfac local factors"]["step_over_replicate"] > 0
+    # The shard keeps each matrix's state on its owner alone (KFAC has no shard row).
+    assert "kfac shard" not in rows
+    for method in ("shampoo", "soap", "muon"):
+        shard, replicate = rows[f"{method} shard"], rows[f"{method} replicate"]
+        assert shard["step_over_replicate"] > 0
+        assert 0 < shard["state_mib"] < replicate["state_mib"]
     assert {c["check"] for c in report["checks"]} >= {
         "shampoo: split refresh / replicated refresh",
         "kfac: factor all-reduce's share of the step",
