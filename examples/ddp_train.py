@@ -1,14 +1,17 @@
 """Data-parallel training with a layer-wise optimizer (CPU, gloo).
 
     torchrun --standalone --nproc_per_node 2 examples/ddp_train.py
-        [--optimizer kfac|shampoo|soap|muon] [--split] [--steps N]
+        [--optimizer kfac|shampoo|soap|muon] [--distributed replicate|split|shard]
+        [--steps N]
 
 Without torchrun: start one process per rank with ``MASTER_ADDR=127.0.0.1 MASTER_PORT=<port>
 RANK=<r> WORLD_SIZE=2 python examples/ddp_train.py``.
 
 Each rank trains a small MLP under DistributedDataParallel on its half of every batch; the
-optimizer picks up the process group by itself (``process_group="auto"``). ``--split`` runs
-each block's refresh on one rank and broadcasts it (``distributed="split"``).
+optimizer picks up the process group by itself (``process_group="auto"``).
+``--distributed split`` (or ``--split``) runs each block's refresh on one rank and broadcasts
+it; ``--distributed shard`` (Shampoo, SOAP, Muon) runs each matrix's whole step on one rank,
+which alone keeps its state, and broadcasts the directions.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from layerwise.optim import KFAC, SOAP, Muon, Shampoo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--optimizer", default="kfac", choices=["kfac", "shampoo", "soap", "muon"])
-    parser.add_argument("--split", action="store_true")
+    parser.add_argument(
+        "--distributed", default="replicate", choices=["replicate", "split", "shard"]
+    )
+    parser.add_argument("--split", action="store_true", help="the same as --distributed split")
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
 
@@ -36,7 +42,7 @@ def main() -> None:
     torch.manual_seed(0)  # the same initial model on every rank (DDP broadcasts it anyway)
     net = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 10))
     model = nn.parallel.DistributedDataParallel(net)
-    mode = "split" if args.split else "replicate"
+    mode = "split" if args.split else args.distributed
     if args.optimizer == "kfac":
         optimizer = KFAC(model, loss="cross_entropy", distributed=mode)
     else:

@@ -76,7 +76,8 @@ def make_optimizer(case: dict[str, Any], model: nn.Module) -> torch.optim.Optimi
         return KFAC(model, loss="cross_entropy", statistics_batch=None, **knobs, **extra)
     if kind == "shampoo_raising":  # Shampoo whose first failed refresh raises (as exact KFAC)
         group = Shampoo(model.parameters(), **knobs, process_group=None).param_groups[0]
-        parts = dataclasses.replace(Shampoo.compose(group), failures=FailurePolicy(max_consecutive_failures=0))
+        raising = FailurePolicy(max_consecutive_failures=0)
+        parts = dataclasses.replace(Shampoo.compose(group), failures=raising)
         return Layerwise(model.parameters(), parts, lr=group["lr"], **extra)
     cls = {"shampoo": Shampoo, "soap": SOAP, "muon": Muon}[kind]
     return cls(model.parameters(), **knobs, **extra)

@@ -36,10 +36,12 @@ def _parameter_sums(done: subprocess.CompletedProcess[str]) -> dict[str, str]:
     return sums
 
 
-def test_torchrun_standalone_two_ranks() -> None:
+@pytest.mark.parametrize(("optimizer", "mode"), [("kfac", "split"), ("shampoo", "shard")])
+def test_torchrun_standalone_two_ranks(optimizer: str, mode: str) -> None:
     done = _torchrun(
-        "--nproc-per-node", "2", str(EXAMPLE), "--optimizer", "kfac", "--split", "--steps", "3"
-    )
+        "--nproc-per-node", "2", str(EXAMPLE), "--optimizer", optimizer, "--distributed", mode,
+        "--steps", "3",
+    )  # fmt: skip
     sums = _parameter_sums(done)
     assert sums["0"] == sums["1"]
 
