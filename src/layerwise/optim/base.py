@@ -618,11 +618,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         return {index for index, p in enumerate(params) if owners.get(p) == rank}
 
-    def _holds(self, block: Block) -> bool:
-        """Whether this rank keeps ``block``'s state (always, but under ``"shard"``)."""
-        if not (self._distributed.shard and block.kronecker):
-            return True
-        return self._owners()[block.key] == self._distributed.rank
+    def _holder(self) -> Callable[[Block], bool]:
+        """Whether this rank keeps a block's state: always, but under ``"shard"``, where a
+        Kronecker block's state lives on its owner alone."""
+        if not self._distributed.shard:
+            return lambda block: True
+        owners, rank = self._owners(), self._distributed.rank
+        return lambda block: not block.kronecker or owners[block.key] == rank
 
     def _sharded_directions(
         self, work: list[tuple[dict[str, Any], Parts, list[Block]]]
@@ -633,8 +635,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         (one flat buffer per owner and dtype), and every rank applies the same bits. A failure
         on one rank is shared first (one small ``all_reduce``), so that every rank raises."""
         spread = self._distributed
-        owners = self._owners()
-        mine = [(g, parts, [b for b in blocks if self._holds(b)]) for g, parts, blocks in work]
+        owners, holds = self._owners(), self._holder()
+        mine = [(g, parts, list(filter(holds, blocks))) for g, parts, blocks in work]
         computed: dict[Tensor, Direction] = {}
         failure: Exception | None = None
         try:
@@ -859,8 +861,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         warnings.warn(
             f"{type(self).__name__}: step skipped ({reason})", RuntimeWarning, stacklevel=4
         )
+        holds = self._holder()
         for _, _, blocks in work:
-            for block in filter(self._holds, blocks):
+            for block in filter(holds, blocks):
                 state = self.state[block.key]
                 state[SKIPPED_STEPS] = state.get(SKIPPED_STEPS, 0) + 1
 
