@@ -49,6 +49,31 @@ def toy(register) -> Experiment:
     return register(make_toy_experiment())
 
 
+_TOY_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import experiment_toys, slow_toys
+from layerwise import cli
+from layerwise.experiments import registry
+if __name__ == "__main__":  # worker processes import this file as their __main__
+    registry.load_all()
+    registry.register_problem(registry.Problem(
+        name="toy", settings_model=experiment_toys.ToySettings,
+        method_models=experiment_toys.METHOD_MODELS))
+    registry.register_experiment(registry.Experiment(
+        name="toy", problem="toy", description="toy", run={run}))
+    sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def write_toy_driver(path: Path, run: str = "experiment_toys.run") -> Path:
+    """A script at ``path`` that runs the CLI with the toy experiment registered (``run``: its
+    run function, by name): for the tests that need the command as a process of its own
+    (kill -9, signals)."""
+    path.write_text(_TOY_DRIVER.format(tests=str(Path(__file__).parent), run=run))
+    return path
+
+
 TOY_CONFIG = {
     "experiment": "toy",
     "settings": {"d": 4, "k": 2},

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ import pytest
 from layerwise import cli
 from layerwise.experiments import registry, store
 
-from .conftest import TOY_CONFIG
+from .conftest import TOY_CONFIG, write_toy_driver
 
 
 def test_list_shows_experiments_configs_methods_and_claims(toy, tmp_path, monkeypatch, capsys):
@@ -87,29 +86,12 @@ def test_reproduce_runs_every_experiment_with_a_config_then_reports(
         assert (out / name).is_file()
 
 
-_KILLED_DRIVER = """
-import sys
-sys.path.insert(0, {tests!r})
-import experiment_toys
-from layerwise import cli
-from layerwise.experiments import registry
-registry.load_all()
-registry.register_problem(registry.Problem(
-    name="toy", settings_model=experiment_toys.ToySettings,
-    method_models=experiment_toys.METHOD_MODELS))
-registry.register_experiment(registry.Experiment(
-    name="toy", problem="toy", description="toy", run=experiment_toys.run))
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.slow  # three interpreter starts; the worker-kill resume test runs by default
 def test_kill_9_of_the_whole_command_then_rerun_gives_the_uninterrupted_table(
     toy, write_config, tmp_path
 ):
     """One worker runs in-process, so the run SIGKILLs the command itself mid-sweep."""
-    script = tmp_path / "driver.py"
-    script.write_text(textwrap.dedent(_KILLED_DRIVER.format(tests=str(Path(__file__).parent))))
+    script = write_toy_driver(tmp_path / "driver.py")
     marker, log = tmp_path / "kill", tmp_path / "log.txt"
     config = write_config({"grid": {"kappa": [1, 10]}, "seeds": [0, 1]})
 

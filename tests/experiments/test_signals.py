@@ -9,27 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-_DRIVER = """
-import sys
-sys.path.insert(0, {tests!r})
-import experiment_toys, slow_toys
-from layerwise import cli
-from layerwise.experiments import registry
-if __name__ == "__main__":  # worker processes import this file as their __main__
-    registry.load_all()
-    registry.register_problem(registry.Problem(
-        name="toy", settings_model=experiment_toys.ToySettings,
-        method_models=experiment_toys.METHOD_MODELS))
-    registry.register_experiment(registry.Experiment(
-        name="toy", problem="toy", description="toy", run=slow_toys.run))
-    sys.exit(cli.main(sys.argv[1:]))
-"""
+from .conftest import write_toy_driver
 
 
 def _group_alive(group: int) -> bool:
@@ -43,8 +28,7 @@ def _group_alive(group: int) -> bool:
 def _start(write_config, tmp_path, executor: str = "local") -> tuple[subprocess.Popen, Path]:
     """The toy command with two workers, in its own process group (so that every descendant can
     be found), once both of its (60 s) runs are in flight."""
-    script = tmp_path / "driver.py"
-    script.write_text(textwrap.dedent(_DRIVER.format(tests=str(Path(__file__).parent))))
+    script = write_toy_driver(tmp_path / "driver.py", run="slow_toys.run")
     config = write_config({"grid": {"kappa": [1]}, "seeds": [0, 1]})
     out = tmp_path / "out"
     started = tmp_path / "started"

@@ -54,6 +54,11 @@ class Muon(LayerwiseOptimizer):
             ``CyclicLR``) cycles ``momentum``, the matrix momentum.
         maximize: ascend instead of descend (the gradient is negated), as ``torch.optim``.
         exact: exact polar factor by SVD.
+        process_group, distributed: data-parallel training
+            (:mod:`layerwise.optim.distributed`): ``"replicate"`` (every rank does all the
+            work), ``"split"`` (each block's Newton–Schulz on one rank, broadcast) or
+            ``"shard"`` (each matrix's whole step on one rank, which alone keeps its state,
+            the directions broadcast; ``consolidated_state_dict()`` gathers all of it).
 
     Example:
         >>> model = torch.nn.Linear(4, 3)

@@ -69,6 +69,11 @@ class Shampoo(LayerwiseOptimizer):
         adam_lr_ratio: the Adam path's learning rate is ``lr * adam_lr_ratio``.
         maximize: ascend instead of descend (the gradient is negated), as ``torch.optim``.
         exact: the exact mode of the module docstring.
+        process_group, distributed: data-parallel training
+            (:mod:`layerwise.optim.distributed`): ``"replicate"`` (every rank does all the
+            work), ``"split"`` (each block's refresh on one rank, broadcast) or
+            ``"shard"`` (each matrix's whole step on one rank, which alone keeps its state,
+            the directions broadcast; ``consolidated_state_dict()`` gathers all of it).
 
     Example:
         >>> model = torch.nn.Linear(4, 3)
