@@ -3,6 +3,7 @@ terminal's Ctrl-C prints no worker traceback; no worker outlives a command kille
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,13 +17,32 @@ import pytest
 
 from .conftest import write_toy_driver
 
+_PROC = Path("/proc")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: ``[state, ppid, pgrp, ...]``."""
+    try:
+        return (_PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
 
 def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a live process is left in process group ``group``. A zombie is not: it has
+    exited and holds nothing; it only waits to be reaped by whoever inherited it, which may be
+    an init that reaps slowly (here one took ~30 s)."""
+    if not _PROC.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in _PROC.iterdir():
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
 
 
 def _start(write_config, tmp_path, executor: str = "local") -> tuple[subprocess.Popen, Path]:
@@ -58,7 +78,8 @@ def _start(write_config, tmp_path, executor: str = "local") -> tuple[subprocess.
 
 def _kill_group(group: int) -> None:
     if _group_alive(group):
-        os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
 
 def _wait_group_gone(group: int, seconds: float) -> bool:
@@ -74,6 +95,10 @@ def _run_pids(tmp_path) -> list[int]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not: see :func:`_group_alive`)."""
+    if _PROC.is_dir():
+        fields = _stat(pid)
+        return fields is not None and fields[0] != "Z"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,7 +118,8 @@ def _wait_gone(pids: list[int], seconds: float) -> bool:
 def _kill_left(pids: list[int]) -> None:
     """After the checks (``_wait_gone`` has waited): whatever is still alive."""
     for pid in filter(_pid_alive, pids):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 #: Both executors; Ray's ``ray.init()`` replaces the command's SIGTERM handler with one that
