@@ -38,11 +38,18 @@ def _group_alive(group: int) -> bool:
         except ProcessLookupError:
             return False
         return True
+    return bool(_group_members(group))
+
+
+def _group_members(group: int) -> list[str]:
+    """The live processes of process group ``group``, as ``"PID NAME"`` (for messages)."""
+    found = []
     for entry in _PROC.iterdir():
         fields = _stat(int(entry.name)) if entry.name.isdigit() else None
         if fields is not None and int(fields[2]) == group and fields[0] != "Z":
-            return True
-    return False
+            with contextlib.suppress(OSError):
+                found.append(f"{entry.name} {(entry / 'comm').read_text().strip()}")
+    return found
 
 
 def _start(write_config, tmp_path, executor: str = "local") -> tuple[subprocess.Popen, Path]:
@@ -181,7 +188,7 @@ def test_bug_17_no_worker_outlives_a_killed_command(executor, write_config, tmp_
     try:
         # The pipes close only when every process holding them has exited.
         process.communicate(timeout=20)
-        assert _wait_group_gone(process.pid, 10)
+        assert _wait_group_gone(process.pid, 10), _group_members(process.pid)
         assert _wait_gone(runs, 10)
     finally:
         _kill_group(process.pid)

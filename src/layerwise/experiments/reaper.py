@@ -9,11 +9,14 @@ A command's processes must not outlive it, so :class:`RayExecutor` starts this r
 after ``ray.init()``:
 
 - it is handed the processes the command gained during ``ray.init()`` (``pid:start-time``
-  pairs, the start time guarding against a reused pid);
-- it blocks on its standard input, a pipe whose only writer is the command: the command writes
+  pairs, the start time guarding against a reused pid), and every :data:`WATCH_SECONDS` adds
+  their descendants (the raylet's agents and workers) to what it watches: once their parent
+  is dead they are children of init and no longer to be told apart (the agents carry no mark
+  of their raylet in their environment);
+- it waits on its standard input, a pipe whose only writer is the command: the command writes
   :data:`QUIT` before its own ``ray.shutdown()``, and the reaper exits untouched; end of file
-  without it means the command died, and the reaper kills (``SIGKILL``) those processes and
-  every process spawned by their raylet (marked by ``RAY_RAYLET_PID`` in its environment).
+  without it means the command died, and the reaper kills (``SIGKILL``) the node, the raylet
+  first (so that it restarts nothing), then every descendant it has seen.
 
 Linux only (it reads ``/proc``); elsewhere no reaper is started. Run as
 ``python -m layerwise.experiments.reaper PID:START ...``; it imports nothing heavy.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -70,22 +74,26 @@ def children(pid: int) -> set[Process]:
     return found
 
 
-def spawned_by(raylets: Iterable[int]) -> set[Process]:
-    """The processes whose environment names one of ``raylets`` as their raylet (what the
-    raylet's agents and workers carry); another user's processes are not readable, skipped."""
-    markers = {f"RAY_RAYLET_PID={pid}".encode() for pid in raylets}
-    found = set()
+def descendants(roots: Iterable[Process]) -> set[Process]:
+    """The live descendants of ``roots`` (those that still are the recorded processes), from
+    one pass over ``/proc``."""
+    roots = {pid for pid, started in roots if start_time(pid) == started}
+    kids: dict[int, list[Process]] = {}
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            environment = (entry / "environ").read_bytes().split(b"\0")
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        if markers.intersection(environment):
-            started = start_time(int(entry.name))
-            if started is not None:
-                found.add((int(entry.name), started))
+        kids.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[19])))
+    found: set[Process] = set()
+    pending = list(roots)
+    while pending:
+        for child in kids.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child[0])
     return found
 
 
@@ -97,10 +105,17 @@ def kill(processes: Iterable[Process]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def reap(node: Sequence[Process]) -> None:
-    """Kill ``node`` and everything its processes spawned as a raylet; the environment scan
-    comes first, while the node's pids still name their processes."""
-    kill(spawned_by(pid for pid, _ in node) | set(node))
+#: How often the reaper adds the node's new descendants to what it watches.
+WATCH_SECONDS = 0.5
+
+
+def reap(node: Iterable[Process], seen: Iterable[Process] = ()) -> None:
+    """Kill ``node`` and its descendants, those alive now and those ``seen`` before (orphans
+    now). The node goes first, so that a raylet restarts no agent it loses."""
+    node = set(node)
+    rest = descendants(node) | set(seen)
+    kill(node)
+    kill(rest - node)
 
 
 def start(node: Iterable[Process]) -> subprocess.Popen | None:
@@ -138,11 +153,14 @@ def stand_down(reaper: subprocess.Popen | None) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    node = [tuple(int(part) for part in arg.split(":")) for arg in argv]
+    node = {tuple(int(part) for part in arg.split(":")) for arg in argv}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    message = sys.stdin.buffer.read(len(QUIT))  # until the command speaks or dies
+    seen: set[Process] = set()
+    while not select.select([sys.stdin], [], [], WATCH_SECONDS)[0]:
+        seen |= descendants(node | seen)
+    message = sys.stdin.buffer.read(len(QUIT))  # the command spoke, or died (end of file)
     if message != QUIT:
-        reap(node)
+        reap(node, seen)
     return 0
 
 
