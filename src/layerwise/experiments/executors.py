@@ -333,7 +333,7 @@ class RayExecutor(Executor):
             _probe_address(address)
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
-            before = reaper.children(os.getpid())
+            before = reaper.children(os.getpid()) if address is None else set()
             try:
                 with _keeping_sigterm_handler():
                     if address is None:

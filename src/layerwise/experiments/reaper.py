@@ -56,41 +56,32 @@ def start_time(pid: int) -> int | None:
     return int(stat.rpartition(")")[2].split()[19])
 
 
-def children(pid: int) -> set[Process]:
-    """The live children of process ``pid`` (none where ``/proc`` is missing)."""
-    found: set[Process] = set()
-    if not supported():
-        return found
-    for entry in _PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        if int(fields[1]) == pid:
-            found.add((int(entry.name), int(fields[19])))
-    return found
-
-
-def descendants(roots: Iterable[Process]) -> set[Process]:
-    """The live descendants of ``roots`` (those that still are the recorded processes), from
-    one pass over ``/proc``."""
-    roots = {pid for pid, started in roots if start_time(pid) == started}
-    kids: dict[int, list[Process]] = {}
+def _children_table() -> dict[int, list[Process]]:
+    """Every process's children, by parent pid, from one pass over ``/proc``."""
+    table: dict[int, list[Process]] = {}
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:
-            continue
-        kids.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[19])))
+            continue  # it exited meanwhile
+        table.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[19])))
+    return table
+
+
+def children(pid: int) -> set[Process]:
+    """The live children of process ``pid`` (none where ``/proc`` is missing)."""
+    return set(_children_table().get(pid, [])) if supported() else set()
+
+
+def descendants(roots: Iterable[Process]) -> set[Process]:
+    """The live descendants of ``roots`` (those that still are the recorded processes)."""
+    table = _children_table()
+    pending = [pid for pid, started in roots if start_time(pid) == started]
     found: set[Process] = set()
-    pending = list(roots)
     while pending:
-        for child in kids.get(pending.pop(), []):
+        for child in table.get(pending.pop(), []):
             if child not in found:
                 found.add(child)
                 pending.append(child[0])
