@@ -603,7 +603,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for group in self.param_groups
             if self.parts(group).preconditioned
             for p in group["params"]
-            if p.ndim >= 2 and p.numel() > 0
+            if GradientSource.is_matrix(p)
         ]
         ids = tuple(map(id, params))
         if self._owner_cache is None or self._owner_cache[0] != ids:
@@ -618,12 +618,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         return {index for index, p in enumerate(params) if owners.get(p) == rank}
 
-    def _holder(self) -> Callable[[Block], bool]:
+    def _holder(self, owners: dict[Tensor, int] | None = None) -> Callable[[Block], bool]:
         """Whether this rank keeps a block's state: always, but under ``"shard"``, where a
-        Kronecker block's state lives on its owner alone."""
+        Kronecker block's state lives on its owner alone (``owners``: :meth:`_owners`)."""
         if not self._distributed.shard:
             return lambda block: True
-        owners, rank = self._owners(), self._distributed.rank
+        owners, rank = owners or self._owners(), self._distributed.rank
         return lambda block: not block.kronecker or owners[block.key] == rank
 
     def _sharded_directions(
@@ -635,7 +635,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         (one flat buffer per owner and dtype), and every rank applies the same bits. A failure
         on one rank is shared first (one small ``all_reduce``), so that every rank raises."""
         spread = self._distributed
-        owners, holds = self._owners(), self._holder()
+        owners = self._owners()
+        holds = self._holder(owners)
         mine = [(g, parts, list(filter(holds, blocks))) for g, parts, blocks in work]
         computed: dict[Tensor, Direction] = {}
         failure: Exception | None = None
@@ -669,7 +670,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 dtype = statistics_dtype(grad.dtype)
                 owner = owners[block.key]
                 if owner == spread.rank:
-                    tensor = _materialized(computed[block.key], dtype)
+                    tensor = computed[block.key].materialized(dtype)
                 else:
                     rows = grad.shape[0]
                     shape = (rows, sum(p.numel() for p in block.params) // rows)
@@ -883,16 +884,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
 
 _TORCH_ENTRIES = ("state", "param_groups")
-
-
-def _materialized(direction: Direction, dtype: torch.dtype) -> Tensor:
-    """``factor * tensor`` in ``dtype``, the tensor converted first (a bf16 Newton–Schulz
-    result is not rounded again after its scale)."""
-    tensor = direction.tensor.to(dtype)
-    factor = direction.factor
-    if isinstance(factor, Tensor):
-        return tensor * factor.to(dtype)
-    return tensor if factor == 1.0 else tensor * factor
 
 
 def _failure_code(error: Exception) -> float:

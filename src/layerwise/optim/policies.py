@@ -53,11 +53,18 @@ class Direction(NamedTuple):
     tensor: Tensor
     factor: Factor = 1.0
 
-    def materialized(self) -> Tensor:
-        """``factor * tensor`` as one tensor (the tensor itself when the factor is 1)."""
-        if isinstance(self.factor, float) and self.factor == 1.0:
-            return self.tensor
-        return self.tensor * self.factor
+    def materialized(self, dtype: torch.dtype | None = None) -> Tensor:
+        """``factor * tensor`` as one tensor (the tensor itself when the factor is 1); with
+        ``dtype``, the tensor is converted first (a bf16 tensor is not rounded again after its
+        scale)."""
+        tensor, factor = self.tensor, self.factor
+        if dtype is not None:
+            tensor = tensor.to(dtype)
+            if isinstance(factor, Tensor):
+                factor = factor.to(dtype)
+        if isinstance(factor, float) and factor == 1.0:
+            return tensor
+        return tensor * factor
 
 
 def _unit_interval(name: str, value: float) -> None:

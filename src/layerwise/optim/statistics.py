@@ -144,10 +144,15 @@ class GradientSource:
         """One block per parameter with a gradient: matrices (after the >2-D view) go to the
         Kronecker path, everything else to the Adam path (empty parameters to neither)."""
         return [
-            Block((p,), kronecker=p.ndim >= 2)
+            Block((p,), kronecker=self.is_matrix(p))
             for p in group["params"]
             if p.grad is not None and p.numel() > 0
         ]
+
+    @staticmethod
+    def is_matrix(param: Tensor) -> bool:
+        """Whether ``param``'s block takes the Kronecker path (gradient or none)."""
+        return param.ndim >= 2 and param.numel() > 0
 
     def accumulate(
         self,
