@@ -341,17 +341,24 @@ def test_fsdp_state_dict_is_full_and_loads_in_one_process(ranks: list[dict[str, 
     case = FSDP_EXACT_CASES[0]
     sharded = ranks[0][case["name"]]["state_dict"]
     alone = train_case({**_without(case, "wrapper"), "keep_state": True})["state_dict"]
-    assert sharded["param_groups"] == alone["param_groups"]
-    assert sharded["state"].keys() == alone["state"].keys()
-    for index, state in alone["state"].items():
-        for key, value in state.items():
-            other = sharded["state"][index][key]
-            if isinstance(value, torch.Tensor):
-                assert type(other) is torch.Tensor and other.shape == value.shape, key
-                assert float((other - value).abs().max()) < 1e-10, key
-            else:
-                assert other == value, key
+    _assert_same_state(sharded, alone)
     make_optimizer(case, make_model()).load_state_dict(sharded)
+
+
+def _assert_same_state(got: dict[str, Any], alone: dict[str, Any]) -> None:
+    """``got`` holds the single process's optimizer state: the same groups and entries, plain
+    tensors of the same shapes within 1e-10."""
+    assert got["param_groups"] == alone["param_groups"]
+    assert got["state"].keys() == alone["state"].keys()
+    for index, state in alone["state"].items():
+        assert got["state"][index].keys() == state.keys(), index
+        for key, value in state.items():
+            other = got["state"][index][key]
+            if isinstance(value, torch.Tensor):
+                assert type(other) is torch.Tensor and other.shape == value.shape, (index, key)
+                assert float((other - value).abs().max()) < 1e-10, (index, key)
+            else:
+                assert other == value, (index, key)
 
 
 def test_fsdp_refuses_kfac_curvature_passes(ranks: list[dict[str, Any]]) -> None:
@@ -392,16 +399,7 @@ def test_shard_consolidated_state_dict_is_the_single_process_one(
     consolidated = ranks[0][case["name"]]["consolidated"]
     assert ranks[1][case["name"]]["consolidated"] is None
     alone = train_case({**_without(case, "distributed", "consolidate")})["state_dict"]
-    assert consolidated["param_groups"] == alone["param_groups"]
-    assert consolidated["state"].keys() == alone["state"].keys()
-    for index, state in alone["state"].items():
-        assert consolidated["state"][index].keys() == state.keys(), index
-        for key, value in state.items():
-            other = consolidated["state"][index][key]
-            if isinstance(value, torch.Tensor):
-                assert float((other - value).abs().max()) < 1e-10, (index, key)
-            else:
-                assert other == value, (index, key)
+    _assert_same_state(consolidated, alone)
     make_optimizer(_without(case, "distributed"), make_model()).load_state_dict(consolidated)
 
 
