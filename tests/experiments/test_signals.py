@@ -89,11 +89,16 @@ def _kill_group(group: int) -> None:
             os.killpg(group, signal.SIGKILL)
 
 
-def _wait_group_gone(group: int, seconds: float) -> bool:
+def _within(seconds: float, alive) -> bool:
+    """Whether ``alive()`` turns false within ``seconds`` (polled)."""
     deadline = time.monotonic() + seconds
-    while _group_alive(group) and time.monotonic() < deadline:
+    while alive() and time.monotonic() < deadline:
         time.sleep(0.2)
-    return not _group_alive(group)
+    return not alive()
+
+
+def _wait_group_gone(group: int, seconds: float) -> bool:
+    return _within(seconds, lambda: _group_alive(group))
 
 
 def _run_pids(tmp_path) -> list[int]:
@@ -116,10 +121,7 @@ def _pid_alive(pid: int) -> bool:
 def _wait_gone(pids: list[int], seconds: float) -> bool:
     """Whether every one of ``pids`` has exited within ``seconds`` (Ray's workers lead process
     groups of their own, so the command's group does not cover them)."""
-    deadline = time.monotonic() + seconds
-    while any(map(_pid_alive, pids)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return not any(map(_pid_alive, pids))
+    return _within(seconds, lambda: any(map(_pid_alive, pids)))
 
 
 def _kill_left(pids: list[int]) -> None:
